@@ -1,0 +1,318 @@
+"""The `digits` command: one group of thin commands over library functions.
+
+Heavy imports (TensorFlow, Celery, Alembic) happen inside the commands that need them, so
+`digits --help`, `status`, `results` and `export` start in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    help="digits: batch scoring of handwritten digits (CSV and scans in, SQL and Kaggle out).",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema: migrate and check.", no_args_is_help=True)
+models_app = typer.Typer(help="Model versions and aliases.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(models_app, name="models")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    return typer.Exit(code)
+
+
+def console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+# ---------------------------------------------------------------- database
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply all migrations (creates the database on first use)."""
+    from digits.db import upgrade
+    from digits.settings import get_settings
+
+    upgrade()
+    typer.echo(f"database at head: {get_settings().db_url.split('@')[-1]}")
+
+
+@db_app.command("check")
+def db_check() -> None:
+    """Exit non-zero when the database, the migrations and the models disagree."""
+    from digits.db import check
+
+    problem = check()
+    if problem:
+        raise fail(f"schema drift: {problem}")
+    typer.echo("schema ok: database at head and models match the migrations")
+
+
+# ---------------------------------------------------------------- models
+@app.command()
+def train(
+    data: Annotated[Path | None, typer.Option(help="Labelled Kaggle CSV (.csv/.csv.gz).")] = None,
+    arch: Annotated[str, typer.Option(help="mlp (the origin's 784-400-10) or cnn.")] = "cnn",
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: mlp 10, cnn 30).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    max_minutes: Annotated[float, typer.Option(help="Stop after this wall time.")] = 55.0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a model on a labelled CSV and register it as a new immutable version."""
+    from digits.settings import get_settings
+
+    source = data or get_settings().data
+    if source is None:
+        raise fail("no training data: pass --data PATH or set DIGITS_DATA")
+    if not source.is_file():
+        raise fail(f"{source}: no such file")
+    if arch not in ("mlp", "cnn"):
+        raise fail(f"unknown architecture {arch!r}: choose mlp or cnn")
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from model_store.training import TrainConfig, train as run_training
+    from scheduler.csv_input import CsvFileError
+
+    config = TrainConfig(arch=arch, epochs=epochs, seed=seed, max_minutes=max_minutes)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console(), disable=quiet) as bar:
+        task = bar.add_task(f"training {arch}", total=None)
+
+        def progress(done: int, total: int, label: str) -> None:
+            bar.update(task, completed=done, total=total, description=f"{arch} {label}")
+
+        try:
+            version = run_training(source, config, progress)
+        except CsvFileError as exc:
+            raise fail(str(exc)) from exc
+    card = version.card
+    typer.echo(
+        f"registered model version {version.version} ({arch}): validation accuracy "
+        f"{card['validation']['accuracy']:.4%} on {card['validation']['count']} held-out rows, "
+        f"{card['training']['wall_seconds']:.0f} s, at {version.path}"
+    )
+
+
+@models_app.command("list")
+def models_list(as_json: JsonOpt = False) -> None:
+    """List registered model versions (bundled and trained) and the production alias."""
+    from model_store.registry import list_versions, resolve_active
+
+    active = resolve_active().version
+    rows = [{"version": v.version, "architecture": v.card.get("architecture"),
+             "val_accuracy": v.card.get("validation", {}).get("accuracy"),
+             "bundled": v.bundled, "active": v.version == active, "path": str(v.path)}
+            for v in list_versions()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        mark = "*" if r["active"] else " "
+        acc = f"{r['val_accuracy']:.4%}" if r["val_accuracy"] is not None else "?"
+        typer.echo(f"{mark} v{r['version']:<3} {r['architecture']:<5} val {acc}  "
+                   f"{'bundled' if r['bundled'] else r['path']}")
+
+
+# ---------------------------------------------------------------- scoring
+@app.command()
+def enqueue(
+    paths: Annotated[list[Path], typer.Argument(help="CSV files or folders of images.")],
+    model: Annotated[int | None, typer.Option(help="Pin this model version.")] = None,
+) -> None:
+    """Turn inputs into batches and queue them for the workers; prints one batch id per input."""
+    from digits.db import upgrade
+    from scheduler.batches import SourceError, enqueue_path
+
+    upgrade()
+    failed = False
+    for path in paths:
+        try:
+            done = enqueue_path(path, model)
+        except SourceError as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            failed = True
+            continue
+        typer.echo(done.batch_id)
+        if done.failed:
+            typer.secho(f"batch {done.batch_id} failed: {done.failed}", fg="red", err=True)
+            failed = True
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run a Celery worker (prefork) that scores chunks."""
+    from digits.settings import get_settings
+    from worker.celery_app import QUEUE, app as celery_app
+
+    n = concurrency or get_settings().workers
+    celery_app.worker_main(["worker", "--pool", "prefork", "--concurrency", str(n), "-Q", QUEUE,
+                            "--loglevel", loglevel, "--without-gossip", "--without-mingle"])
+
+
+@app.command()
+def run(
+    paths: Annotated[list[Path], typer.Argument(help="CSV files or folders of images.")],
+    out: Annotated[Path | None, typer.Option(help="Also write the Kaggle submission here.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Local worker processes to start.")] = None,
+    timeout: Annotated[float, typer.Option(help="Give up waiting after this many seconds.")]
+    = 3600.0,
+    model: Annotated[int | None, typer.Option(help="Pin this model version.")] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score inputs now: enqueue, start local workers if none is connected, wait, summarise."""
+    from digits.db import upgrade
+    from scheduler.runner import run_paths
+
+    upgrade()
+    try:
+        summary = run_paths(paths, workers=workers, timeout=timeout, model=model,
+                            out=out, show_progress=not (quiet or as_json), console=console())
+    except (ValueError, TimeoutError) as exc:
+        raise fail(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps(summary.as_json()))
+    else:
+        summary.print(console())
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    batch: Annotated[int | None, typer.Option(help="Only this batch.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Queues, connected workers, batches in progress, and the last exports."""
+    from digits.queries import batch_progress, connected_workers, last_exports, queue_depth
+
+    try:
+        progress = batch_progress([batch] if batch else None,
+                                  active_only=False) if batch else batch_progress()[-10:]
+        info = {"queue": queue_depth(), "workers": connected_workers(),
+                "batches": [p.as_dict() for p in progress], "exports": last_exports(3)}
+    except Exception as exc:  # no database yet, or unreachable
+        raise fail(f"cannot read the database: {type(exc).__name__}: {exc}. "
+                   "Run `digits db upgrade` first?") from exc
+    if batch and not progress:
+        raise fail(f"batch {batch} does not exist")
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, default=str))
+        return
+    from rich.table import Table
+
+    out = console()
+    out.file = sys.stdout
+    queue = info["queue"]
+    out.print(f"queue: {queue.get('queued', 0)} chunks queued, {queue.get('running', 0)} running; "
+              f"workers connected: {len(info['workers'])}")
+    table = Table("batch", "status", "kind", "model", "items", "predicted", "errors", "progress",
+                  "seconds", "source")
+    for p in progress:
+        done = p.predicted + p.errors + p.duplicates
+        table.add_row(str(p.batch_id), p.status, p.kind, f"v{p.model_version}", str(p.items),
+                      str(p.predicted), str(p.errors),
+                      f"{done / p.items:.0%}" if p.items else "-", f"{p.seconds:.1f}",
+                      Path(p.source).name)
+    out.print(table)
+    for e in info["exports"]:
+        out.print(f"export: batch {e['batch_id']} → {e['path']} ({e['rows']} rows, "
+                  f"{e['trigger']}, {e['created_at']})")
+
+
+@app.command()
+def results(
+    batch: Annotated[int | None, typer.Option(help="Only this batch.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    below_confidence: Annotated[float | None, typer.Option(
+        help="Only predictions with calibrated confidence below this.")] = None,
+    source: Annotated[str | None, typer.Option(help="Only items whose source contains this.")]
+    = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many rows.")] = None,
+) -> None:
+    """Predictions per item: label, calibrated confidence, model version, source, errors."""
+    from digits.queries import RESULT_COLUMNS, results as query
+
+    if fmt not in ("table", "csv", "json"):
+        raise fail("--format must be table, csv or json")
+    rows = query(batch, below_confidence, limit, source)
+    if fmt == "json":
+        typer.echo(json.dumps(rows, indent=1))
+    elif fmt == "csv":
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, RESULT_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        from rich.table import Table
+
+        table = Table(*RESULT_COLUMNS[:11])
+        for r in rows:
+            table.add_row(*("" if r[c] is None else
+                            f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c])
+                            for c in RESULT_COLUMNS[:11]))
+        out = console()
+        out.file = sys.stdout
+        out.print(table)
+
+
+@app.command()
+def export(
+    batch: Annotated[int, typer.Option(help="Batch to export.")],
+    out: Annotated[Path, typer.Option(help="Submission file to write.")] = Path("submission.csv"),
+    model: Annotated[int | None, typer.Option(help="Export this version's predictions.")] = None,
+    partial: Annotated[bool, typer.Option(help="Write labelled rows even if some lack one.")]
+    = False,
+    manifest: Annotated[bool, typer.Option(help="Also write <out>.manifest.json.")] = False,
+) -> None:
+    """Write a Kaggle submission (ImageId,Label) for a finished batch, atomically."""
+    from scheduler.export import ExportError, export_batch
+
+    try:
+        path, rows, sha = export_batch(batch, out, model, partial, manifest)
+    except ExportError as exc:
+        raise fail(str(exc)) from exc
+    typer.echo(f"wrote {rows} rows to {path} (sha256 {sha[:16]}…)")
+
+
+@app.command()
+def bench(
+    data: Annotated[Path | None, typer.Option(help="Kaggle CSV to score.")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    seed_sample: Annotated[int, typer.Option(help="Images for the origin's per-image loop.")]
+    = 300,
+    as_json: JsonOpt = False,
+) -> None:
+    """Benchmark: end-to-end vs model-only ceiling vs the origin's one-predict-per-image loop."""
+    from scheduler.bench import run_bench
+
+    try:
+        report = run_bench(data, workers=workers, seed_sample=seed_sample, quiet=as_json)
+    except (ValueError, TimeoutError) as exc:
+        raise fail(str(exc)) from exc
+    typer.echo(json.dumps(report, indent=None if as_json else 2))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""The database schema (SQLAlchemy 2 declarative). Alembic migrations are checked against it.
+
+The database, not the broker, is the source of truth for work: every chunk has a state, an
+attempt count and a lease, and every source row or file has exactly one item.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+Stamp = DateTime(timezone=True)
+
+
+class Batch(Base):
+    """One input (a CSV file or a folder/drop of images) pinned to one model version."""
+
+    __tablename__ = "batches"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))  # csv | images
+    status: Mapped[str] = mapped_column(String(16), default="enqueueing", index=True)
+    source_sha256: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[int] = mapped_column(Integer)
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    item_count: Mapped[int] = mapped_column(Integer, default=0)
+    error_count: Mapped[int] = mapped_column(Integer, default=0)
+    chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(Stamp)
+
+
+class Chunk(Base):
+    """A unit of work: one Celery task. The message carries only this row's id."""
+
+    __tablename__ = "chunks"
+    __table_args__ = (UniqueConstraint("batch_id", "seq"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    ref: Mapped[str] = mapped_column(Text)  # staging file, relative to the staging dir
+    item_count: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(Stamp)
+    sent_at: Mapped[datetime | None] = mapped_column(Stamp)
+    error: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[datetime | None] = mapped_column(Stamp)
+
+
+class Item(Base):
+    """One source row or image. ``position`` is 1-based: the Kaggle ImageId."""
+
+    __tablename__ = "items"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "position"),
+        Index("ix_items_chunk_id", "chunk_id"),
+        Index("ix_items_sha256", "sha256"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    chunk_id: Mapped[int | None] = mapped_column(ForeignKey("chunks.id", ondelete="SET NULL"))
+    position: Mapped[int] = mapped_column(Integer)
+    source_ref: Mapped[str] = mapped_column(Text)  # what users see: "file.csv:17", "scan 3.png"
+    path: Mapped[str | None] = mapped_column(Text)  # image files: where the worker reads it
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    true_label: Mapped[int | None] = mapped_column(SmallInteger)
+    duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("items.id"))
+
+
+class Prediction(Base):
+    """A model version's verdict on an item. UNIQUE(item, version) makes writes idempotent."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("item_id", "model_version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    model_version: Mapped[int] = mapped_column(Integer)
+    label: Mapped[int] = mapped_column(SmallInteger)
+    confidence: Mapped[float] = mapped_column(Float)
+    margin: Mapped[float] = mapped_column(Float)
+    needs_review: Mapped[bool] = mapped_column(Boolean)
+    p0: Mapped[float] = mapped_column(Float)
+    p1: Mapped[float] = mapped_column(Float)
+    p2: Mapped[float] = mapped_column(Float)
+    p3: Mapped[float] = mapped_column(Float)
+    p4: Mapped[float] = mapped_column(Float)
+    p5: Mapped[float] = mapped_column(Float)
+    p6: Mapped[float] = mapped_column(Float)
+    p7: Mapped[float] = mapped_column(Float)
+    p8: Mapped[float] = mapped_column(Float)
+    p9: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
+
+
+class ItemError(Base):
+    """Why an item has no prediction (bad row, unreadable image, blank, quarantined chunk)."""
+
+    __tablename__ = "item_errors"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(
+        ForeignKey("items.id", ondelete="CASCADE"), unique=True
+    )
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
+
+
+class WorkerHeartbeat(Base):
+    """Connected workers, as seen by `digits status` and `digits run` (no broker broadcast)."""
+
+    __tablename__ = "workers"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    concurrency: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
+
+
+PROBABILITY_COLUMNS = [f"p{i}" for i in range(10)]
+
+
+class ModelAlias(Base):
+    """Where an alias (``production``, ``candidate``) points now."""
+
+    __tablename__ = "model_aliases"
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
+
+
+class AliasHistory(Base):
+    """Audit trail: what was in production when, and why it moved."""
+
+    __tablename__ = "alias_history"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), index=True)
+    from_version: Mapped[int | None] = mapped_column(Integer)
+    to_version: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
+
+
+class Export(Base):
+    """A written submission: idempotency for the nightly export (one row per batch)."""
+
+    __tablename__ = "exports"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+    trigger: Mapped[str] = mapped_column(String(16))  # manual | nightly
+    rows: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)

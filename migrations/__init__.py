@@ -1,0 +1,1 @@
+"""Alembic migrations for the digits schema (``digits db upgrade`` / ``digits db check``)."""

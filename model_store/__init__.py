@@ -1,0 +1,1 @@
+"""Versioned Keras models: architectures, training, the on-disk registry and safe loading."""

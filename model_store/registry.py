@@ -1,0 +1,155 @@
+"""The on-disk model registry: numbered, immutable versions, each ``vN/model.keras + card.json``.
+
+Two roots are searched: the versions bundled inside the package (read-only, so a fresh checkout
+scores without training from any directory) and ``DIGITS_MODELS_DIR`` where ``digits train``
+writes. Version numbers are unique across both. A version is written to a temporary folder and
+renamed into place, so a half-copied model is never visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from digits.settings import get_settings
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "versions"
+MODEL_FILE = "model.keras"
+CARD_FILE = "card.json"
+
+
+class ModelError(RuntimeError):
+    """A model version is missing, tampered with, or not loadable safely."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    version: int
+    path: Path
+    card: dict[str, Any]
+    bundled: bool
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def sha256(self) -> str:
+        return str(self.card["sha256"])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.card.get("calibration", {}).get("temperature", 1.0))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def roots() -> list[tuple[Path, bool]]:
+    return [(BUNDLED_DIR, True), (get_settings().local_models_dir, False)]
+
+
+def list_versions() -> list[ModelVersion]:
+    """Every registered version, ascending. Folders without a card are not versions."""
+    found: dict[int, ModelVersion] = {}
+    for root, bundled in roots():
+        if not root.is_dir():
+            continue
+        for child in root.iterdir():
+            name = child.name
+            if not (name.startswith("v") and name[1:].isdigit()):
+                continue
+            card_path = child / CARD_FILE
+            if not card_path.is_file():
+                continue
+            number = int(name[1:])
+            if number in found:
+                continue
+            card = json.loads(card_path.read_text())
+            found[number] = ModelVersion(number, child, card, bundled)
+    return [found[k] for k in sorted(found)]
+
+
+def get_version(version: int) -> ModelVersion:
+    for item in list_versions():
+        if item.version == version:
+            return item
+    known = ", ".join(str(v.version) for v in list_versions()) or "none"
+    raise ModelError(f"model version {version} does not exist (known: {known})")
+
+
+def latest_version() -> ModelVersion:
+    versions = list_versions()
+    if not versions:
+        raise ModelError("no model versions registered: run `digits train --data PATH`")
+    return versions[-1]
+
+
+def default_version() -> ModelVersion:
+    """The bundled production model, or the newest version if none is bundled."""
+    bundled = [v for v in list_versions() if v.bundled]
+    return bundled[-1] if bundled else latest_version()
+
+
+def verify(version: ModelVersion) -> None:
+    """Refuse a model whose artifact does not match the sha256 recorded in its card."""
+    if not version.model_file.is_file():
+        raise ModelError(f"model version {version.version}: {MODEL_FILE} is missing")
+    actual = sha256_file(version.model_file)
+    if actual != version.sha256:
+        raise ModelError(
+            f"model version {version.version}: sha256 mismatch "
+            f"(card {version.sha256[:12]}…, file {actual[:12]}…): refusing to load"
+        )
+
+
+def register(model_file: Path, card: dict[str, Any], root: Path | None = None) -> ModelVersion:
+    """Copy a saved ``.keras`` file in as the next version; returns the new version."""
+    root = root or get_settings().local_models_dir
+    root.mkdir(parents=True, exist_ok=True)
+    card = {**card, "sha256": sha256_file(model_file)}
+    tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=root))
+    shutil.copyfile(model_file, tmp / MODEL_FILE)
+    while True:
+        number = max((v.version for v in list_versions()), default=0) + 1
+        card["version"] = number
+        (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        try:
+            os.rename(tmp, root / f"v{number}")
+        except OSError:
+            if (root / f"v{number}").exists():
+                continue  # another trainer took this number: try the next one
+            raise
+        return get_version(number)
+
+
+def file_sha256_or_none(path: Path) -> str | None:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
+
+
+def resolve_active(requested: int | None = None) -> ModelVersion:
+    """The version a new batch is pinned to: explicit request, ``DIGITS_MODEL_VERSION``, the
+    ``production`` alias, or the bundled default, in that order."""
+    if requested is not None:
+        return get_version(requested)
+    forced = get_settings().model_version
+    if forced is not None:
+        return get_version(forced)
+    from model_store.aliases import alias_target
+
+    target = alias_target("production")
+    return get_version(target) if target is not None else default_version()

@@ -1,0 +1,1 @@
+"""Inputs → batches → queue: CSV and folder sources, the inbox watcher, sweeps and exports."""

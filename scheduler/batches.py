@@ -1,0 +1,214 @@
+"""Turning inputs into batches: items in the database, chunks staged and queued.
+
+A CSV is streamed block by block; each block becomes one chunk whose rows are staged as a
+``.npy`` file (gzip cannot seek, and re-parsing text in every worker would cost more than the
+model). Each chunk is committed before its message is sent, so a worker never sees a chunk id
+the database does not know.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import select
+
+from digits.db import session
+from digits.schema import Batch, Chunk, Item, utcnow
+from digits.settings import get_settings
+from model_store.registry import ModelVersion, file_sha256_or_none, resolve_active
+from scheduler.csv_input import NO_LABEL, CsvFileError, read_blocks
+from scheduler.queue import send_chunks
+from scheduler.work import complete_batch_if_finished, record_item_errors
+
+log = logging.getLogger("digits.scheduler")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
+ProgressFn = Callable[[int], None]  # items enqueued so far
+
+
+class SourceError(ValueError):
+    """An input that cannot become a batch at all (missing, unsupported kind)."""
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    batch_id: int
+    items: int
+    errors: int
+    chunks: int
+    failed: str | None = None
+
+
+def create_batch(source: str, kind: str, model: ModelVersion, source_sha256: str | None) -> int:
+    with session(write=True) as sess:
+        batch = Batch(source=source, kind=kind, status="enqueueing", source_sha256=source_sha256,
+                      model_version=model.version, model_sha256=model.sha256)
+        sess.add(batch)
+        sess.flush()
+        return batch.id
+
+
+def stage(batch_id: int, seq: int, pixels: NDArray[np.uint8]) -> str:
+    """Write a chunk's rows atomically; returns the reference stored on the chunk."""
+    root = get_settings().staging_dir
+    folder = root / f"b{batch_id}"
+    folder.mkdir(parents=True, exist_ok=True)
+    ref = f"b{batch_id}/c{seq}.npy"
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(fd, "wb") as fh:
+        np.save(fh, pixels, allow_pickle=False)
+    os.replace(tmp, root / ref)
+    return ref
+
+
+def add_chunk(batch_id: int, seq: int, ref: str, items: list[dict[str, object]],
+              errors: list[tuple[dict[str, object], str]]) -> int | None:
+    """One transaction: the chunk (if it has items), its items, and refused items' reasons."""
+    with session(write=True) as sess:
+        chunk_id: int | None = None
+        if items:
+            chunk = Chunk(batch_id=batch_id, seq=seq, ref=ref, item_count=len(items))
+            sess.add(chunk)
+            sess.flush()
+            chunk_id = chunk.id
+            sess.execute(
+                Item.__table__.insert(),
+                [{**row, "batch_id": batch_id, "chunk_id": chunk_id, "status": "pending"}
+                 for row in items],
+            )
+        if errors:
+            sess.execute(
+                Item.__table__.insert(),
+                [{**row, "batch_id": batch_id, "status": "pending"} for row, _ in errors],
+            )
+            positions = [row["position"] for row, _ in errors]
+            ids = dict(sess.execute(
+                select(Item.position, Item.id).where(Item.batch_id == batch_id,
+                                                     Item.position.in_(positions))
+            ).tuples().all())
+            record_item_errors(sess, [(ids[row["position"]], why) for row, why in errors])
+        return chunk_id
+
+
+def finish_enqueue(batch_id: int, items: int, errors: int, chunks: int) -> None:
+    with session(write=True) as sess:
+        batch = sess.get_one(Batch, batch_id)
+        batch.status = "running"
+        batch.item_count = items
+        batch.error_count = errors
+        batch.chunk_count = chunks
+        sess.flush()
+        complete_batch_if_finished(sess, batch_id)
+
+
+def fail_batch(batch_id: int, message: str) -> None:
+    with session(write=True) as sess:
+        batch = sess.get_one(Batch, batch_id)
+        batch.status = "failed"
+        batch.error = message
+        batch.finished_at = utcnow()
+
+
+def enqueue_csv(path: Path, model_version: int | None = None, chunk_size: int | None = None,
+                progress: ProgressFn | None = None) -> Enqueued:
+    """Stream a Kaggle CSV into a batch. A file that is not a digits CSV fails its batch with a
+    clear message; a bad row becomes an item error with its row number; the rest goes on."""
+    path = path.resolve()
+    if not path.is_file():
+        raise SourceError(f"{path}: no such file")
+    model = resolve_active(model_version)
+    chunk_size = chunk_size or get_settings().chunk_size
+    batch_id = create_batch(str(path), "csv", model, file_sha256_or_none(path))
+    name = path.name
+    items = errors = chunks = 0
+    try:
+        for seq, (_labelled, block) in enumerate(read_blocks(path, chunk_size), start=1):
+            good = [
+                {"position": row, "source_ref": f"{name}:{row}",
+                 "sha256": hashlib.sha256(block.pixels[i].tobytes()).hexdigest(),
+                 "true_label": None if block.labels[i] == NO_LABEL else int(block.labels[i])}
+                for i, row in enumerate(block.rows)
+            ]
+            bad = [({"position": row, "source_ref": f"{name}:{row}"}, f"row {row}: {why}")
+                   for row, why in block.errors]
+            ref = stage(batch_id, seq, block.pixels) if good else ""
+            chunk_id = add_chunk(batch_id, seq, ref, good, bad)
+            if chunk_id is not None:
+                send_chunks([chunk_id])
+                chunks += 1
+            items += len(good) + len(bad)
+            errors += len(bad)
+            if progress:
+                progress(items)
+    except CsvFileError as exc:
+        fail_batch(batch_id, f"{name}: {exc}")
+        return Enqueued(batch_id, items, errors, chunks, failed=f"{name}: {exc}")
+    if items == 0:
+        fail_batch(batch_id, f"{name}: no data rows")
+        return Enqueued(batch_id, 0, 0, 0, failed=f"{name}: no data rows")
+    finish_enqueue(batch_id, items, errors, chunks)
+    log.info("batch %s: %s items (%s refused) in %s chunks from %s", batch_id, items, errors,
+             chunks, path)
+    return Enqueued(batch_id, items, errors, chunks)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Files of a folder in a stable order (sorted by relative path), hidden files skipped."""
+    found = [p for p in folder.rglob("*") if p.is_file() and not any(
+        part.startswith(".") for part in p.relative_to(folder).parts)]
+    return sorted(found, key=lambda p: str(p.relative_to(folder)))
+
+
+def enqueue_files(folder: Path, files: list[Path], source: str | None = None,
+                  model_version: int | None = None, chunk_size: int | None = None) -> Enqueued:
+    """Make one batch of image files (read in place by the workers). Files that are not images
+    by name are refused here with a reason; content is checked by the worker when decoding."""
+    model = resolve_active(model_version)
+    chunk_size = chunk_size or get_settings().chunk_size
+    batch_id = create_batch(source or str(folder.resolve()), "images", model, None)
+    items = errors = chunks = 0
+    for seq, start in enumerate(range(0, len(files), chunk_size), start=1):
+        good: list[dict[str, object]] = []
+        bad: list[tuple[dict[str, object], str]] = []
+        for offset, file in enumerate(files[start : start + chunk_size]):
+            position = start + offset + 1
+            row: dict[str, object] = {"position": position,
+                                      "source_ref": str(file.relative_to(folder)),
+                                      "path": str(file.resolve())}
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                bad.append((row, f"not an accepted image type: {file.suffix or 'no extension'}"))
+                continue
+            digest = file_sha256_or_none(file)
+            if digest is None:
+                bad.append((row, "cannot read file"))
+                continue
+            good.append({**row, "sha256": digest})
+        chunk_id = add_chunk(batch_id, seq, "files", good, bad)
+        if chunk_id is not None:
+            send_chunks([chunk_id])
+            chunks += 1
+        items += len(good) + len(bad)
+        errors += len(bad)
+    if items == 0:
+        fail_batch(batch_id, f"{folder}: no files")
+        return Enqueued(batch_id, 0, 0, 0, failed=f"{folder}: no files")
+    finish_enqueue(batch_id, items, errors, chunks)
+    return Enqueued(batch_id, items, errors, chunks)
+
+
+def enqueue_path(path: Path, model_version: int | None = None,
+                 progress: ProgressFn | None = None) -> Enqueued:
+    """A CSV (``.csv``/``.csv.gz``) or a folder of images."""
+    if path.is_dir():
+        folder = path.resolve()
+        return enqueue_files(folder, image_files(folder), model_version=model_version)
+    if not path.exists():
+        raise SourceError(f"{path}: no such file or folder")
+    return enqueue_csv(path, model_version, progress=progress)

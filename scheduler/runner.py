@@ -1,0 +1,163 @@
+"""`digits run`: enqueue inputs, make sure workers exist, wait with progress, summarise.
+
+Waiting also sweeps, so a run finishes even when a worker was killed under it and no
+scheduler service is running (the embedded default has none).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from digits.queries import BatchProgress, batch_progress, connected_workers
+from digits.settings import get_settings
+from scheduler.batches import SourceError, enqueue_path
+
+
+@dataclass
+class RunSummary:
+    batches: list[BatchProgress]
+    seconds: float
+    problems: list[str] = field(default_factory=list)
+    submissions: list[str] = field(default_factory=list)
+
+    @property
+    def items(self) -> int:
+        return sum(b.items for b in self.batches)
+
+    @property
+    def predicted(self) -> int:
+        return sum(b.predicted for b in self.batches)
+
+    @property
+    def errors(self) -> int:
+        return sum(b.errors for b in self.batches)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(
+            b.status == "done" and b.errors == 0 for b in self.batches)
+
+    def as_json(self) -> dict[str, Any]:
+        labelled = sum(b.labelled for b in self.batches)
+        return {
+            "batch_ids": [b.batch_id for b in self.batches], "items": self.items,
+            "predicted": self.predicted, "errors": self.errors,
+            "duplicates": sum(b.duplicates for b in self.batches),
+            "seconds": round(self.seconds, 3),
+            "accuracy": round(sum(b.correct for b in self.batches) / labelled, 5)
+            if labelled else None,
+            "failed_batches": [b.batch_id for b in self.batches if b.status == "failed"],
+            "problems": self.problems, "submissions": self.submissions,
+        }
+
+    def print(self, console: Any) -> None:
+        for b in self.batches:
+            line = (f"batch {b.batch_id} ({b.status}) {Path(b.source).name}: {b.items} items, "
+                    f"{b.predicted} predicted, {b.errors} errors")
+            if b.duplicates:
+                line += f", {b.duplicates} duplicates"
+            if b.labelled:
+                line += f"; accuracy {b.correct / b.labelled:.2%} on {b.labelled} labelled rows"
+            console.print(line + f" (model v{b.model_version})")
+            if b.error:
+                console.print(f"  [red]{b.error}[/red]")
+        for problem in self.problems:
+            console.print(f"[red]{problem}[/red]")
+        for path in self.submissions:
+            console.print(f"submission written: {path}")
+        rate = self.items / self.seconds if self.seconds else 0
+        console.print(f"{self.items} items in {self.seconds:.1f} s ({rate:.0f} items/s)")
+
+
+def wait_for(batch_ids: list[int], timeout: float, progress: Any = None,
+             keep_alive: Any = None) -> list[BatchProgress]:
+    """Poll until every batch is done or failed; sweep as we go; keep local workers alive."""
+    from scheduler.sweeper import sweep
+
+    settings = get_settings()
+    deadline = time.monotonic() + timeout
+    next_sweep = time.monotonic() + settings.sweep_seconds
+    while True:
+        state = batch_progress(batch_ids)
+        if progress:
+            progress(state)
+        if all(b.finished for b in state):
+            return state
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"batches {batch_ids} not finished after {timeout:.0f} s")
+        if time.monotonic() >= next_sweep:
+            sweep()
+            next_sweep = time.monotonic() + settings.sweep_seconds
+        if keep_alive:
+            keep_alive()
+        time.sleep(0.2)
+
+
+def run_paths(paths: list[Path], workers: int | None = None, timeout: float = 3600.0,
+              model: int | None = None, out: Path | None = None, show_progress: bool = True,
+              console: Any = None) -> RunSummary:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from worker.local import start_workers, stop_workers
+
+    settings = get_settings()
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise ValueError(f"no such file or folder: {', '.join(missing)}")
+    started = time.monotonic()
+    proc = None
+    log_dir = settings.home / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    def ensure_workers() -> None:
+        nonlocal proc
+        if proc is not None and proc.poll() is not None:
+            proc = start_workers(workers or settings.workers, log_dir / "worker.log")
+
+    if not connected_workers():
+        proc = start_workers(workers or settings.workers, log_dir / "worker.log")
+    problems: list[str] = []
+    batch_ids: list[int] = []
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=console, disable=not show_progress,
+                   transient=False)
+    try:
+        with bar:
+            task = bar.add_task("enqueueing", total=None)
+            for path in paths:
+                try:
+                    done = enqueue_path(path, model, progress=lambda n: bar.update(
+                        task, description=f"enqueueing {path.name}: {n} items"))
+                except SourceError as exc:
+                    problems.append(str(exc))
+                    continue
+                batch_ids.append(done.batch_id)
+
+            def show(state: list[BatchProgress]) -> None:
+                total = sum(b.items for b in state)
+                finished = sum(b.predicted + b.errors + b.duplicates for b in state)
+                bar.update(task, total=total, completed=finished, description="scoring")
+
+            state = wait_for(batch_ids, timeout, show, ensure_workers) if batch_ids else []
+    finally:
+        if proc is not None:
+            stop_workers(proc)
+    summary = RunSummary(state, time.monotonic() - started, problems)
+    if out is not None:
+        from scheduler.export import ExportError, export_batch
+
+        for b in state:
+            if b.status != "done":
+                continue
+            target = out if len(state) == 1 else out.with_name(
+                f"{out.stem}-batch{b.batch_id}{out.suffix}")
+            try:
+                path, _, _ = export_batch(b.batch_id, target, manifest=b.kind == "images",
+                                          partial=True)
+                summary.submissions.append(str(path))
+            except ExportError as exc:
+                problems.append(str(exc))
+    return summary

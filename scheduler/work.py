@@ -1,0 +1,65 @@
+"""Work-state transitions shared by the scheduler, the sweeper and the workers.
+
+Every transition is one SQL transaction; completion is a single conditional UPDATE so that a
+worker finishing the last chunk and the scheduler finishing enqueueing can race safely.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.orm import Session
+
+from digits.db import insert_ignore
+from digits.schema import Batch, Chunk, Item, ItemError, utcnow
+
+TERMINAL_CHUNK = ("done", "quarantined")
+ACTIVE_BATCH = ("enqueueing", "running")
+
+
+def complete_batch_if_finished(sess: Session, batch_id: int, now: datetime | None = None) -> bool:
+    """Mark a fully enqueued batch done once no chunk is left to score. Safe to call anytime."""
+    pending = exists().where(Chunk.batch_id == batch_id, Chunk.state.not_in(TERMINAL_CHUNK))
+    errors = (
+        select(func.count())
+        .select_from(Item)
+        .where(Item.batch_id == batch_id, Item.status == "error")
+        .scalar_subquery()
+    )
+    result = sess.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.status == "running", ~pending)
+        .values(status="done", finished_at=now or utcnow(), error_count=errors)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def record_item_errors(sess: Session, errors: list[tuple[int, str]]) -> None:
+    """Give each item its reason (first reason wins) and mark it as an error."""
+    if not errors:
+        return
+    insert_ignore(
+        sess, ItemError, [{"item_id": i, "reason": r[:1000]} for i, r in errors], ["item_id"]
+    )
+    sess.execute(
+        update(Item)
+        .where(Item.id.in_([i for i, _ in errors]), Item.status == "pending")
+        .values(status="error")
+        .execution_options(synchronize_session=False)
+    )
+
+
+def quarantine(sess: Session, chunk: Chunk, reason: str) -> None:
+    """Take a chunk out of circulation: its unscored items get the reason as their error."""
+    chunk.state = "quarantined"
+    chunk.error = reason
+    chunk.lease_owner = None
+    chunk.lease_expires_at = None
+    chunk.finished_at = utcnow()
+    item_ids = sess.scalars(
+        select(Item.id).where(Item.chunk_id == chunk.id, Item.status == "pending")
+    ).all()
+    record_item_errors(sess, [(i, f"chunk quarantined: {reason}") for i in item_ids])
+    complete_batch_if_finished(sess, chunk.batch_id)

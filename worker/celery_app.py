@@ -1,0 +1,76 @@
+"""The Celery application. Importing it is cheap: no TensorFlow, no database connection.
+
+Delivery is at-least-once by design (``acks_late`` + ``reject_on_worker_lost``); the database
+makes it effectively-once (chunk leases, UNIQUE(item, model version) + upsert). JSON only:
+a pickled message is refused before any code runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from digits.settings import Settings, get_settings
+
+TASK_SCORE = "digits.score_chunk"
+TASK_SWEEP = "digits.sweep"
+TASK_EXPORT = "digits.nightly_export"
+QUEUE = "digits"
+
+
+def broker_options(settings: Settings) -> dict[str, Any]:
+    if settings.embedded_broker:
+        folder = settings.broker_dir
+        for sub in ("queue", "processed", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
+            # keep processed files on the same filesystem: the claim is then an atomic rename
+            "store_processed": True,
+            "polling_interval": 0.1,
+        }
+    return {
+        # Redis redelivers an unacknowledged task after this; the hard time limit sits below
+        # it so a running task is never handed to a second worker while still alive.
+        "visibility_timeout": settings.visibility_timeout,
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+        "retry_on_timeout": True,
+        "health_check_interval": 10,
+    }
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("digits", broker=settings.broker, include=["worker.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        event_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=QUEUE,
+        task_time_limit=settings.task_time_limit,
+        task_soft_time_limit=max(1, settings.task_time_limit - 10),
+        broker_transport_options=broker_options(settings),
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_max_tasks_per_child=2000,
+        worker_max_memory_per_child=1_500_000,  # KiB: recycle a child that grows past 1.5 GB
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        timezone="UTC",
+    )
+    return app
+
+
+app = make_app()

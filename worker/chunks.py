@@ -1,0 +1,217 @@
+"""Scoring one chunk: claim (lease) → read inputs → one forward pass → one write transaction.
+
+A chunk can be delivered more than once (broker redelivery, sweeper re-send, a duplicated
+message). The claim skips chunks that are finished or leased to a live process; the write is
+an upsert committed together with the chunk's ``done`` state, so a second run changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import select, update
+
+from digits.db import aware, insert_ignore, session
+from digits.schema import Batch, Chunk, Item, Prediction, utcnow
+from digits.settings import get_settings
+from scheduler.work import TERMINAL_CHUNK, complete_batch_if_finished, quarantine, record_item_errors
+
+log = logging.getLogger("digits.worker")
+HOST = socket.gethostname()
+
+
+@dataclass(frozen=True)
+class Claim:
+    chunk_id: int
+    batch_id: int
+    kind: str
+    ref: str
+    source: str
+    model_version: int
+    attempt: int
+
+
+@dataclass
+class Inputs:
+    item_ids: list[int]  # items with a tensor, in position order
+    tensor: NDArray[np.float32]
+    errors: list[tuple[int, str]]  # items refused while reading (unreadable, blank, …)
+
+
+def owner_name() -> str:
+    return f"{HOST}:{os.getpid()}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    """Whether a lease holder still runs. Only checkable on this host; elsewhere trust the lease."""
+    if not owner:
+        return False
+    host, _, pid_text = owner.rpartition(":")
+    if host != HOST or not pid_text.isdigit():
+        return True
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False  # our own earlier attempt, which has ended
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(chunk_id: int) -> Claim | None:
+    """Lease a chunk for this process (attempt += 1), or None when there is nothing to do."""
+    settings = get_settings()
+    now = utcnow()
+    with session(write=True) as sess:
+        chunk = sess.get(Chunk, chunk_id, with_for_update=True)
+        if chunk is None or chunk.state in TERMINAL_CHUNK:
+            return None
+        lease_valid = chunk.lease_expires_at is not None and aware(chunk.lease_expires_at) > now
+        if chunk.state == "running" and lease_valid and owner_alive(chunk.lease_owner):
+            return None
+        if chunk.attempts >= settings.max_attempts:
+            last = chunk.error or "its worker died every time (poison input?)"
+            quarantine(sess, chunk, f"failed {chunk.attempts} attempts; last: {last}")
+            log.warning("chunk %s quarantined after %s attempts", chunk_id, chunk.attempts)
+            return None
+        batch = sess.get_one(Batch, chunk.batch_id)
+        chunk.state = "running"
+        chunk.attempts += 1
+        chunk.lease_owner = owner_name()
+        chunk.lease_expires_at = now + timedelta(seconds=settings.lease_seconds)
+        return Claim(chunk.id, batch.id, batch.kind, chunk.ref, batch.source,
+                     batch.model_version, chunk.attempts)
+
+
+def release(chunk_id: int, error: str) -> None:
+    """Give a claimed chunk back after an error in this process (it will be retried)."""
+    with session(write=True) as sess:
+        sess.execute(
+            update(Chunk)
+            .where(Chunk.id == chunk_id, Chunk.state == "running",
+                   Chunk.lease_owner == owner_name())
+            .values(state="queued", lease_owner=None, lease_expires_at=None, error=error[:2000])
+        )
+
+
+def inside(path: Path, root: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except OSError:
+        return False
+
+
+def read_inputs(found: Claim) -> Inputs:
+    """Load a chunk's inputs from the shared source named by references in the database."""
+    settings = get_settings()
+    with session() as sess:
+        rows = sess.execute(
+            select(Item.id, Item.path).where(Item.chunk_id == found.chunk_id,
+                                              Item.status == "pending").order_by(Item.position)
+        ).all()
+        all_ids = sess.scalars(
+            select(Item.id).where(Item.chunk_id == found.chunk_id).order_by(Item.position)
+        ).all()
+    if found.kind == "csv":
+        from worker.preprocess import rows_to_tensor
+
+        staged = settings.staging_dir / found.ref
+        if not inside(staged, settings.staging_dir):
+            raise ValueError(f"chunk reference {found.ref!r} points outside the staging folder")
+        pixels = np.load(staged, allow_pickle=False)
+        if len(pixels) != len(all_ids):
+            raise ValueError(f"staged chunk has {len(pixels)} rows, database {len(all_ids)} items")
+        pending = {item_id for item_id, _ in rows}
+        keep = [i for i, item_id in enumerate(all_ids) if item_id in pending]
+        return Inputs([all_ids[i] for i in keep], rows_to_tensor(pixels[keep]), [])
+    return read_images(found, [(item_id, path) for item_id, path in rows])
+
+
+def read_images(found: Claim, rows: list[tuple[int, str | None]]) -> Inputs:
+    from worker.images import Rejected, image_to_tensor
+    from worker.preprocess import stack
+
+    settings = get_settings()
+    roots = [Path(found.source), settings.inbox_dir]
+    ids: list[int] = []
+    tensors: list[NDArray[np.float32]] = []
+    errors: list[tuple[int, str]] = []
+    for item_id, raw in rows:
+        path = Path(raw or "")
+        if not raw or not any(inside(path, root) for root in roots):
+            errors.append((item_id, "file path outside the batch's folders"))
+            continue
+        try:
+            size = path.stat().st_size
+            if size > settings.max_file_bytes:
+                errors.append((item_id, f"file too large: {size} bytes"))
+                continue
+            data = path.read_bytes()
+        except OSError as exc:
+            errors.append((item_id, f"cannot read file: {exc.strerror or exc}"))
+            continue
+        try:
+            tensors.append(image_to_tensor(data, settings.max_image_pixels))
+            ids.append(item_id)
+        except Rejected as exc:
+            errors.append((item_id, str(exc)))
+    return Inputs(ids, stack(tensors), errors)
+
+
+def write_results(found: Claim, rows: list[dict[str, object]], errors: list[tuple[int, str]]) -> bool:
+    """Predictions, item errors and the chunk's done state in one transaction (idempotent)."""
+    with session(write=True) as sess:
+        chunk = sess.get(Chunk, found.chunk_id, with_for_update=True)
+        if chunk is None or chunk.state in TERMINAL_CHUNK:
+            return False
+        insert_ignore(sess, Prediction, rows, ["item_id", "model_version"])
+        record_item_errors(sess, errors)
+        sess.execute(
+            update(Item)
+            .where(Item.chunk_id == found.chunk_id, Item.status == "pending")
+            .values(status="predicted")
+            .execution_options(synchronize_session=False)
+        )
+        chunk.state = "done"
+        chunk.finished_at = utcnow()
+        chunk.lease_owner = None
+        chunk.lease_expires_at = None
+        chunk.error = None
+        complete_batch_if_finished(sess, found.batch_id)
+    return True
+
+
+def process_chunk(chunk_id: int) -> str:
+    """Score one chunk end to end; returns what happened (for logs and tests)."""
+    from worker.classify import model_for, predict
+    from worker.results import prediction_rows, shape
+
+    found = claim(chunk_id)
+    if found is None:
+        return "skipped"
+    try:
+        meta, model = model_for(found.model_version)
+        inputs = read_inputs(found)
+        probs = predict(model, inputs.tensor)
+        shaped = shape(probs, meta.temperature, get_settings().confidence_threshold)
+        rows = prediction_rows(inputs.item_ids, shaped, found.model_version)
+        written = write_results(found, rows, inputs.errors)
+    except BaseException as exc:
+        try:
+            release(chunk_id, f"{type(exc).__name__}: {exc}")
+        except Exception:  # the database may be the problem: the lease will expire instead
+            log.exception("could not release chunk %s", chunk_id)
+        raise
+    log.info("chunk %s batch %s: %s items scored, %s errors (attempt %s)", chunk_id,
+             found.batch_id, len(inputs.item_ids), len(inputs.errors), found.attempt)
+    return "done" if written else "skipped"

@@ -1,0 +1,49 @@
+"""Thin Celery tasks: they take ids, call library functions, and are safe to run twice."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from worker import heartbeat as _heartbeat  # noqa: F401  (registers worker signals)
+from worker.celery_app import TASK_EXPORT, TASK_SCORE, TASK_SWEEP, app
+
+log = logging.getLogger("digits.worker")
+
+
+@app.task(name=TASK_SCORE, bind=True, acks_late=True, reject_on_worker_lost=True,
+          max_retries=None)
+def score_chunk(self: Task, chunk_id: int) -> str:
+    """Score chunk ``chunk_id``. Errors are retried with backoff; our own attempt counter (in
+    the database) quarantines a chunk that keeps failing, so this never loops forever."""
+    from worker.chunks import process_chunk
+
+    try:
+        return process_chunk(int(chunk_id))
+    except (OperationalError, DBAPIError) as exc:  # database unreachable: wait, then retry
+        countdown = min(30, 2 ** min(self.request.retries, 5))
+        log.warning("chunk %s: database error, retry in %ss: %s", chunk_id, countdown, exc)
+        raise self.retry(exc=exc, countdown=countdown) from exc
+    except Exception as exc:
+        countdown = min(30, 1 + self.request.retries * 2)
+        log.exception("chunk %s failed; retry in %ss", chunk_id, countdown)
+        raise self.retry(exc=exc, countdown=countdown) from exc
+
+
+@app.task(name=TASK_SWEEP, acks_late=True)
+def sweep() -> dict[str, Any]:
+    """Re-send chunks whose lease expired or whose message was lost (beat runs this)."""
+    from scheduler.sweeper import sweep as run_sweep
+
+    return run_sweep().as_dict()
+
+
+@app.task(name=TASK_EXPORT, acks_late=True)
+def nightly_export() -> list[str]:
+    """Write Kaggle submissions for every CSV batch completed since the last export."""
+    from scheduler.export import export_since_last
+
+    return [str(path) for path in export_since_last()]
