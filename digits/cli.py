@@ -79,9 +79,16 @@ def train(
         raise fail(f"{source}: no such file")
     if arch not in ("mlp", "cnn"):
         raise fail(f"unknown architecture {arch!r}: choose mlp or cnn")
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    from model_store.training import TrainConfig, train as run_training
+    from model_store.training import TrainConfig
+    from model_store.training import train as run_training
     from scheduler.csv_input import CsvFileError
 
     config = TrainConfig(arch=arch, epochs=epochs, seed=seed, max_minutes=max_minutes)
@@ -158,7 +165,8 @@ def worker(
 ) -> None:
     """Run a Celery worker (prefork) that scores chunks."""
     from digits.settings import get_settings
-    from worker.celery_app import QUEUE, app as celery_app
+    from worker.celery_app import QUEUE
+    from worker.celery_app import app as celery_app
 
     n = concurrency or get_settings().workers
     celery_app.worker_main(["worker", "--pool", "prefork", "--concurrency", str(n), "-Q", QUEUE,
@@ -205,7 +213,7 @@ def status(
     try:
         progress = batch_progress([batch] if batch else None,
                                   active_only=False) if batch else batch_progress()[-10:]
-        info = {"queue": queue_depth(), "workers": connected_workers(),
+        info: dict[str, Any] = {"queue": queue_depth(), "workers": connected_workers(),
                 "batches": [p.as_dict() for p in progress], "exports": last_exports(3)}
     except Exception as exc:  # no database yet, or unreachable
         raise fail(f"cannot read the database: {type(exc).__name__}: {exc}. "
@@ -247,7 +255,8 @@ def results(
     limit: Annotated[int | None, typer.Option(help="At most this many rows.")] = None,
 ) -> None:
     """Predictions per item: label, calibrated confidence, model version, source, errors."""
-    from digits.queries import RESULT_COLUMNS, results as query
+    from digits.queries import RESULT_COLUMNS
+    from digits.queries import results as query
 
     if fmt not in ("table", "csv", "json"):
         raise fail("--format must be table, csv or json")

@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(60.0, gt=0, description="How long a claimed chunk is owned.")
     max_attempts: int = Field(3, ge=1, description="Claims of a chunk before it is quarantined.")
     sweep_seconds: float = Field(5.0, gt=0, description="How often expired leases are swept.")
-    visibility_timeout: int = Field(300, ge=10, description="Redis redelivery time for unacked tasks.")
+    visibility_timeout: int = Field(300, ge=10, description="Redis redelivery of unacked tasks.")
     task_time_limit: int = Field(240, ge=5, description="Hard limit for one chunk (< visibility).")
     workers: int = Field(2, ge=1, description="Worker processes started by `digits run`/`up`.")
     tf_threads: int = Field(0, ge=0, description="TensorFlow threads per worker process; 0 = auto.")

@@ -37,7 +37,7 @@ def file_sha256(path: Path) -> str:
 def validation_rows(n: int, fraction: float = VAL_FRACTION) -> NDArray[np.int64]:
     """Held-out rows: the last ``fraction`` of a permutation of range(n) by SPLIT_SEED."""
     order = np.random.default_rng(SPLIT_SEED).permutation(n)
-    return np.sort(order[n - int(round(n * fraction)) :]).astype(np.int64)
+    return np.sort(order[n - round(n * fraction) :]).astype(np.int64)
 
 
 def load_split(path: Path, fraction: float = VAL_FRACTION) -> Split:

@@ -119,7 +119,7 @@ def evaluate(probs: np.ndarray, labels: np.ndarray, temperature: float) -> dict[
     return {
         "accuracy": float((predicted == labels).mean()),
         "errors": int((predicted != labels).sum()),
-        "count": int(len(labels)),
+        "count": len(labels),
         "per_class_accuracy": [round(float(a), 5) for a in per_class],
         "confusion_matrix": confusion.tolist(),
         "ece_before": round(expected_calibration_error(probs, labels), 5),
@@ -180,8 +180,8 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
         "validation_split": {
             "method": f"last {config.val_fraction:.0%} of numpy default_rng({SPLIT_SEED})"
             f".permutation(n) over train.csv data rows",
-            "rows": int(len(split.val_rows)),
-            "train_rows": int(len(split.y_train)),
+            "rows": len(split.val_rows),
+            "train_rows": len(split.y_train),
         },
         "training": {
             "epochs_planned": epochs, "epochs_run": tracker.epochs_run,

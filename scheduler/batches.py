@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from digits.db import session
 from digits.schema import Batch, Chunk, Item, utcnow
@@ -79,21 +79,21 @@ def add_chunk(batch_id: int, seq: int, ref: str, items: list[dict[str, object]],
             sess.flush()
             chunk_id = chunk.id
             sess.execute(
-                Item.__table__.insert(),
+                insert(Item),
                 [{**row, "batch_id": batch_id, "chunk_id": chunk_id, "status": "pending"}
                  for row in items],
             )
         if errors:
             sess.execute(
-                Item.__table__.insert(),
+                insert(Item),
                 [{**row, "batch_id": batch_id, "status": "pending"} for row, _ in errors],
             )
-            positions = [row["position"] for row, _ in errors]
+            positions = [int(str(row["position"])) for row, _ in errors]
             ids = dict(sess.execute(
                 select(Item.position, Item.id).where(Item.batch_id == batch_id,
                                                      Item.position.in_(positions))
-            ).tuples().all())
-            record_item_errors(sess, [(ids[row["position"]], why) for row, why in errors])
+            ).all())
+            record_item_errors(sess, [(ids[int(str(row["position"]))], why) for row, why in errors])
         return chunk_id
 
 
@@ -130,7 +130,7 @@ def enqueue_csv(path: Path, model_version: int | None = None, chunk_size: int | 
     items = errors = chunks = 0
     try:
         for seq, (_labelled, block) in enumerate(read_blocks(path, chunk_size), start=1):
-            good = [
+            good: list[dict[str, object]] = [
                 {"position": row, "source_ref": f"{name}:{row}",
                  "sha256": hashlib.sha256(block.pixels[i].tobytes()).hexdigest(),
                  "true_label": None if block.labels[i] == NO_LABEL else int(block.labels[i])}

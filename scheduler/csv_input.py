@@ -134,8 +134,10 @@ def open_text(path: Path) -> IO[str]:
     """Open .csv or .csv.gz (detected by magic bytes, not by name) as strict UTF-8 text."""
     with path.open("rb") as fh:
         magic = fh.read(2)
-    raw: IO[bytes] = gzip.open(path, "rb") if magic == b"\x1f\x8b" else path.open("rb")
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
+    if magic == b"\x1f\x8b":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="strict",
+                                newline="")
+    return path.open(encoding="utf-8", errors="strict", newline="")
 
 
 def bounded_lines(fh: IO[str]) -> Iterator[str | None]:

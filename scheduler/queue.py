@@ -12,8 +12,9 @@ def send_chunks(chunk_ids: list[int]) -> None:
     """Wake workers for these chunks and stamp when (the sweeper re-sends lost messages)."""
     if not chunk_ids:
         return
-    from worker.celery_app import QUEUE, TASK_SCORE, app
+    from worker.celery_app import QUEUE, TASK_SCORE, sending_app
 
+    app = sending_app()
     with app.producer_or_acquire() as producer:
         for chunk_id in chunk_ids:
             app.send_task(TASK_SCORE, args=[chunk_id], queue=QUEUE, producer=producer)

@@ -96,6 +96,13 @@ def wait_for(batch_ids: list[int], timeout: float, progress: Any = None,
         time.sleep(0.2)
 
 
+def enqueue_progress(bar: Any, task: Any, path: Path) -> Any:
+    def update(items: int) -> None:
+        bar.update(task, description=f"enqueueing {path.name}: {items} items")
+
+    return update
+
+
 def run_paths(paths: list[Path], workers: int | None = None, timeout: float = 3600.0,
               model: int | None = None, out: Path | None = None, show_progress: bool = True,
               console: Any = None) -> RunSummary:
@@ -129,8 +136,7 @@ def run_paths(paths: list[Path], workers: int | None = None, timeout: float = 36
             task = bar.add_task("enqueueing", total=None)
             for path in paths:
                 try:
-                    done = enqueue_path(path, model, progress=lambda n: bar.update(
-                        task, description=f"enqueueing {path.name}: {n} items"))
+                    done = enqueue_path(path, model, progress=enqueue_progress(bar, task, path))
                 except SourceError as exc:
                     problems.append(str(exc))
                     continue

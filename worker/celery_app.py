@@ -73,4 +73,19 @@ def make_app(settings: Settings | None = None) -> Celery:
     return app
 
 
+def app_key(settings: Settings) -> tuple[str, str]:
+    return settings.broker, str(settings.broker_dir) if settings.embedded_broker else ""
+
+
 app = make_app()
+_apps: dict[tuple[str, str], Celery] = {app_key(get_settings()): app}
+
+
+def sending_app() -> Celery:
+    """An app for publishing under the *current* settings (tests and long-lived processes may
+    change DIGITS_BROKER_URL after this module was imported; workers never do)."""
+    settings = get_settings()
+    key = app_key(settings)
+    if key not in _apps:
+        _apps[key] = make_app(settings)
+    return _apps[key]

@@ -21,7 +21,12 @@ from sqlalchemy import select, update
 from digits.db import aware, insert_ignore, session
 from digits.schema import Batch, Chunk, Item, Prediction, utcnow
 from digits.settings import get_settings
-from scheduler.work import TERMINAL_CHUNK, complete_batch_if_finished, quarantine, record_item_errors
+from scheduler.work import (
+    TERMINAL_CHUNK,
+    complete_batch_if_finished,
+    quarantine,
+    record_item_errors,
+)
 
 log = logging.getLogger("digits.worker")
 HOST = socket.gethostname()
@@ -168,7 +173,9 @@ def read_images(found: Claim, rows: list[tuple[int, str | None]]) -> Inputs:
     return Inputs(ids, stack(tensors), errors)
 
 
-def write_results(found: Claim, rows: list[dict[str, object]], errors: list[tuple[int, str]]) -> bool:
+def write_results(
+    found: Claim, rows: list[dict[str, object]], errors: list[tuple[int, str]]
+) -> bool:
     """Predictions, item errors and the chunk's done state in one transaction (idempotent)."""
     with session(write=True) as sess:
         chunk = sess.get(Chunk, found.chunk_id, with_for_update=True)

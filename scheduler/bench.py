@@ -1,0 +1,121 @@
+"""`digits bench`: three throughputs from one run, reported as ratios.
+
+* ``e2e_images_per_s``: enqueue → workers → predictions committed, on warm workers, through
+  the configured broker and database (Redis + PostgreSQL when configured).
+* ``model_only_images_per_s``: the same model's batched forward pass over the same array in
+  this process with every core: the ceiling for end to end.
+* ``seed_loop_images_per_s``: the origin's loop, one ``predict`` call per image, on a sample.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digits.settings import get_settings
+from model_store.registry import resolve_active
+from scheduler.batches import enqueue_csv
+from scheduler.csv_input import read_blocks
+from scheduler.runner import wait_for
+
+SAMPLE = Path(__file__).resolve().parent.parent / "digits" / "samples" / "sample.csv.gz"
+
+
+def load_pixels(path: Path) -> np.ndarray:
+    blocks = [b.pixels for _, b in read_blocks(path, 5000)]
+    return np.concatenate(blocks) if blocks else np.zeros((0, 784), np.uint8)
+
+
+def end_to_end(data: Path, workers: int, timeout: float) -> dict[str, Any]:
+    from digits.db import upgrade
+    from digits.queries import connected_workers
+    from worker.local import start_workers, stop_workers
+
+    settings = get_settings()
+    upgrade()
+    if connected_workers():
+        raise ValueError("other workers are connected to this broker: stop them for a clean bench")
+    log_dir = settings.home / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    proc = start_workers(workers, log_dir / "bench-worker.log")
+    try:
+        warm = enqueue_csv(SAMPLE, chunk_size=max(1, 200 // workers))  # load TF + model
+        wait_for([warm.batch_id], timeout)
+        started = time.perf_counter()
+        done = enqueue_csv(data)
+        enqueued = time.perf_counter() - started
+        [state] = wait_for([done.batch_id], timeout)
+        seconds = time.perf_counter() - started
+    finally:
+        stop_workers(proc)
+    if state.status != "done":
+        raise ValueError(f"bench batch {done.batch_id} ended {state.status}: {state.error}")
+    return {"batch_id": done.batch_id, "items": state.items, "predicted": state.predicted,
+            "seconds": round(seconds, 3), "enqueue_seconds": round(enqueued, 3),
+            "e2e_images_per_s": round(state.predicted / seconds, 1)}
+
+
+def model_only(version: int, pixels: np.ndarray, batch_size: int) -> float:
+    from worker.classify import predict
+    from worker.preprocess import rows_to_tensor
+
+    model = _load(version)
+    tensor = rows_to_tensor(pixels)
+    predict(model, tensor[:batch_size], batch_size)  # warm-up: graph tracing, allocations
+    started = time.perf_counter()
+    for i in range(0, len(tensor), batch_size):
+        predict(model, tensor[i : i + batch_size], batch_size)
+    return len(tensor) / (time.perf_counter() - started)
+
+
+def seed_loop(version: int, pixels: np.ndarray) -> float:
+    """The origin notebook's serving loop: ``model.predict`` once per image."""
+    from worker.preprocess import rows_to_tensor
+
+    model = _load(version)
+    tensor = rows_to_tensor(pixels)
+    model.predict(tensor[:1], verbose=0)
+    started = time.perf_counter()
+    for i in range(len(tensor)):
+        model.predict(tensor[i : i + 1], verbose=0)
+    return len(tensor) / (time.perf_counter() - started)
+
+
+def _load(version: int) -> Any:
+    from model_store.loading import load
+    from model_store.registry import get_version
+
+    return load(get_version(version))
+
+
+def run_bench(data: Path | None, workers: int = 2, seed_sample: int = 300,
+              timeout: float = 1800.0, quiet: bool = False) -> dict[str, Any]:
+    settings = get_settings()
+    source = data or settings.data
+    if source is None or not Path(source).is_file():
+        raise ValueError("pass --data PATH to a Kaggle CSV (e.g. test.csv.gz) or set DIGITS_DATA")
+    model = resolve_active()
+    e2e = end_to_end(Path(source), workers, timeout)
+    pixels = load_pixels(Path(source))
+    ceiling = model_only(model.version, pixels, settings.chunk_size)
+    seed = seed_loop(model.version, pixels[:seed_sample])
+    return {
+        "data": str(source), "items": e2e["items"], "model_version": model.version,
+        "architecture": model.card.get("architecture"),
+        "deployment": {"broker": settings.broker.split("://")[0],
+                       "database": settings.db_url.split(":")[0], "workers": workers,
+                       "chunk_size": settings.chunk_size},
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "e2e_images_per_s": e2e["e2e_images_per_s"],
+        "model_only_images_per_s": round(ceiling, 1),
+        "seed_loop_images_per_s": round(seed, 1),
+        "e2e_vs_model_only": round(e2e["e2e_images_per_s"] / ceiling, 3),
+        "model_only_vs_seed_loop": round(ceiling / seed, 1),
+        "e2e_vs_seed_loop": round(e2e["e2e_images_per_s"] / seed, 1),
+        "e2e": e2e,
+    }

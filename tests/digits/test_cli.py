@@ -1,0 +1,69 @@
+"""The CLI: every command has help, the fast commands start fast, errors are clear."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from digits.cli import app
+
+runner = CliRunner()
+COMMANDS = ["db upgrade", "db check", "train", "models list", "enqueue", "run", "worker",
+            "status", "results", "export", "bench"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str) -> None:
+    result = runner.invoke(app, [*command.split(), "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output and len(result.output.splitlines()) > 3
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None
+) -> tuple[float, subprocess.CompletedProcess[str]]:
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "digits.cli", *args], capture_output=True,
+                            text=True, env={**os.environ, **(env or {})}, timeout=60)
+    return time.perf_counter() - started, result
+
+
+@pytest.mark.parametrize("args", [["--help"], ["status"], ["results", "--limit", "5"],
+                                  ["export", "--batch", "1", "--out", "x.csv"]])
+def test_fast_commands_answer_in_well_under_a_second(args: list[str], home: Path) -> None:
+    run_cli("db", "upgrade")
+    best = min(run_cli(*args)[0] for _ in range(3))
+    assert best < 0.8, f"{args} took {best:.2f} s"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["status"], ["results"], ["export", "--batch", "1"]])
+def test_fast_commands_do_not_import_tensorflow_or_celery(args: list[str], home: Path) -> None:
+    code = ("import sys; from digits.cli import app\n"
+            f"try:\n    app({args!r})\nexcept SystemExit:\n    pass\n"
+            "bad = [m for m in ('tensorflow', 'keras', 'celery') if m in sys.modules]\n"
+            "print('HEAVY', bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ), timeout=60).stdout
+    assert "HEAVY []" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "does-not-exist.csv"], "no such file or folder: does-not-exist.csv"),
+        (["export", "--batch", "999"], "batch 999 does not exist"),
+        (["train", "--data", "nope.csv"], "nope.csv: no such file"),
+        (["results", "--format", "xml"], "--format must be table, csv or json"),
+    ],
+)
+def test_errors_are_one_clear_line(args: list[str], message: str, home: Path) -> None:
+    run_cli("db", "upgrade")
+    _, result = run_cli(*args)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,130 @@
+"""CSV validation: a bad row gets its row number and reason, the rest of the file goes on."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scheduler.csv_input import (
+    PIXEL_HEADER,
+    CsvFileError,
+    parse_block,
+    parse_header,
+    read_blocks,
+    read_labelled,
+)
+
+HEADER = ",".join(PIXEL_HEADER)
+LABELLED = "label," + HEADER
+ROW = ",".join(["0"] * 783 + ["255"])
+
+
+def blocks(path: Path, size: int = 1000) -> tuple[list[int], list[tuple[int, str]]]:
+    rows: list[int] = []
+    errors: list[tuple[int, str]] = []
+    for _, block in read_blocks(path, size):
+        rows += block.rows
+        errors += block.errors
+    return rows, errors
+
+
+@pytest.mark.parametrize(("header", "labelled"), [(HEADER, False), (LABELLED, True),
+                                                   ("\ufeff" + LABELLED, True)])
+def test_header_accepts_both_kaggle_layouts(header: str, labelled: bool) -> None:
+    assert parse_header(header) is labelled
+
+
+@pytest.mark.parametrize("header", ["a,b,c", "label," + ",".join(PIXEL_HEADER[:-1]),
+                                    ",".join(reversed(PIXEL_HEADER)), ""])
+def test_wrong_header_fails_the_file(header: str) -> None:
+    with pytest.raises(CsvFileError, match="wrong header"):
+        parse_header(header)
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        (",".join(["0"] * 783), "expected 784 fields, got 783"),
+        (",".join(["0"] * 785), "expected 784 fields, got 785"),
+        (",".join(["0"] * 783 + ["x"]), "pixel783 is not an integer: 'x'"),
+        (",".join(["-1"] + ["0"] * 783), "pixel0 out of range 0–255: -1"),
+        (",".join(["0"] * 10 + ["256"] + ["0"] * 773), "pixel10 out of range 0–255: 256"),
+        (",".join(["NaN"] + ["0"] * 783), "pixel0 is not an integer: 'NaN'"),
+        (",".join([""] + ["0"] * 783), "pixel0 is empty"),
+        (",".join(["1.5"] + ["0"] * 783), "pixel0 is not an integer: '1.5'"),
+    ],
+)
+def test_bad_row_gets_row_number_and_reason(tmp_path: Path, row: str, reason: str) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("\n".join([HEADER, ROW, row, ROW]) + "\n")
+    rows, errors = blocks(path)
+    assert rows == [1, 3]
+    assert errors == [(2, reason)]
+
+
+def test_blank_line_between_rows_is_an_error_but_trailing_blanks_are_not(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("\n".join([HEADER, ROW, "", ROW, "", ""]) + "\n")
+    rows, errors = blocks(path)
+    assert rows == [1, 3]
+    assert errors == [(2, "empty row")]
+
+
+def test_huge_field_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("\n".join([HEADER, ROW, "1" * 100_000 + "," + ROW, ROW]) + "\n")
+    rows, errors = blocks(path)
+    assert rows == [1, 3]
+    assert errors == [(2, "row longer than 16384 bytes")]
+
+
+def test_label_out_of_range(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("\n".join([LABELLED, "3," + ROW, "12," + ROW]) + "\n")
+    labels = [b.labels.tolist() for _, b in read_blocks(path)]
+    assert labels == [[3]]
+    assert blocks(path)[1] == [(2, "label out of range 0–9: 12")]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00binary\xff\xfe", "not a CSV text file"),
+        (b"", "empty file"),
+        (b"\x1f\x8b\x08\x00garbage", "unreadable compressed file"),
+        (b"hello,world\n1,2\n", "wrong header"),
+    ],
+)
+def test_not_a_csv_fails_the_file_clearly(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "in.csv"
+    path.write_bytes(content)
+    with pytest.raises(CsvFileError, match=message):
+        blocks(path)
+
+
+def test_gzip_detected_by_content_and_blocks_are_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write("\n".join([HEADER] + [ROW] * 25) + "\n")
+    sizes = [len(b.rows) for _, b in read_blocks(path, 10)]
+    assert sizes == [10, 10, 5]
+
+
+def test_fast_and_slow_paths_agree(sample_rows: list[str]) -> None:
+    lines = [line + "\n" for line in sample_rows[1:21]]
+    fast = parse_block(lines, 1, True)
+    broken = [*lines[:5], "oops\n", *lines[5:]]
+    slow = parse_block(broken, 1, True)
+    assert slow.errors == [(6, "expected 785 fields, got 1")]
+    assert np.array_equal(fast.pixels, slow.pixels)
+    assert fast.labels.tolist() == slow.labels.tolist()
+
+
+def test_read_labelled_refuses_unlabelled(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("\n".join([HEADER, ROW]) + "\n")
+    with pytest.raises(CsvFileError, match="no label column"):
+        read_labelled(path)
