@@ -23,12 +23,18 @@ app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     typer.secho(f"error: {message}", fg="red", err=True)
     return typer.Exit(code)
+
+
+def db_problem(exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"cannot read the database ({first}); run `digits db upgrade` first?"
 
 
 def console() -> Any:
@@ -113,13 +119,16 @@ def train(
 
 @models_app.command("list")
 def models_list(as_json: JsonOpt = False) -> None:
-    """List registered model versions (bundled and trained) and the production alias."""
+    """List registered model versions (bundled and trained) with the aliases naming them."""
+    from model_store.aliases import all_aliases
     from model_store.registry import list_versions, resolve_active
 
     active = resolve_active().version
+    aliases = all_aliases()
     rows = [{"version": v.version, "architecture": v.card.get("architecture"),
              "val_accuracy": v.card.get("validation", {}).get("accuracy"),
-             "bundled": v.bundled, "active": v.version == active, "path": str(v.path)}
+             "bundled": v.bundled, "active": v.version == active,
+             "aliases": aliases.get(v.version, []), "path": str(v.path)}
             for v in list_versions()]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -127,8 +136,214 @@ def models_list(as_json: JsonOpt = False) -> None:
     for r in rows:
         mark = "*" if r["active"] else " "
         acc = f"{r['val_accuracy']:.4%}" if r["val_accuracy"] is not None else "?"
-        typer.echo(f"{mark} v{r['version']:<3} {r['architecture']:<5} val {acc}  "
-                   f"{'bundled' if r['bundled'] else r['path']}")
+        names = f"[{', '.join(r['aliases'])}]" if r["aliases"] else ""
+        typer.echo(f"{mark} v{r['version']:<3} {names:<24} {r['architecture'] or '?':<5} "
+                   f"val {acc}  {'bundled' if r['bundled'] else r['path']}")
+
+
+def _percent(value: Any) -> str:
+    return f"{value:.2%}" if isinstance(value, int | float) else "?"
+
+
+@models_app.command("show")
+def models_show(
+    version: Annotated[int, typer.Argument(help="Model version number.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a version's card: integrity, validation and per-class accuracy, calibration."""
+    from model_store.aliases import all_aliases
+    from model_store.registry import ModelError, get_version, verify
+
+    try:
+        meta = get_version(version)
+    except ModelError as exc:
+        raise fail(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps(meta.card, indent=2, sort_keys=True))
+        return
+    try:
+        verify(meta)
+        integrity = "ok (file matches card)"
+    except ModelError as exc:
+        integrity = f"FAILED: {exc}"
+    card = meta.card
+    val = card.get("validation", {})
+    cal = card.get("calibration", {})
+    train = card.get("training", {})
+    data = card.get("training_data", {})
+    names = ", ".join(all_aliases().get(version, [])) or "-"
+    lines = [
+        f"model v{version}",
+        f"  architecture      {card.get('architecture', '?')}"
+        + (f" ({card['parameters']:,} parameters)" if "parameters" in card else ""),
+        f"  aliases           {names}",
+        f"  location          {'bundled ' if meta.bundled else ''}{meta.path}",
+        f"  sha256            {card.get('sha256', '?')}",
+        f"  integrity         {integrity}",
+        f"  created           {card.get('created_at', '?')}",
+        f"  input → output    {card.get('input', '?')} → {card.get('output', '?')}",
+        f"  validation        accuracy {_percent(val.get('accuracy'))} on "
+        f"{val.get('count', '?')} held-out rows ({val.get('errors', '?')} errors)",
+    ]
+    per_class = val.get("per_class_accuracy")
+    if per_class:
+        lines.append("  per-class acc.    " + "  ".join(
+            f"{digit}: {_percent(acc)}" for digit, acc in enumerate(per_class)))
+    if cal:
+        ece = ""
+        if "ece_before" in val and "ece_after" in val:
+            ece = f"; ECE {val['ece_before']:.4f} → {val['ece_after']:.4f}"
+        lines.append(f"  calibration       temperature {cal.get('temperature', 1.0)} "
+                     f"({cal.get('method', '?')}){ece}")
+    if train:
+        lines.append(
+            f"  training          {train.get('epochs_run', '?')}/{train.get('epochs_planned', '?')}"
+            f" epochs, batch {train.get('batch_size', '?')}, {train.get('optimizer', '?')}, "
+            f"seed {train.get('seed', '?')}, {train.get('wall_seconds', '?')} s on "
+            f"{train.get('machine', '?')}, keras {train.get('keras', '?')}")
+    if data:
+        lines.append(f"  training data     {data.get('path', '?')} ({data.get('rows', '?')} rows, "
+                     f"sha256 {str(data.get('sha256', '?'))[:16]}…)")
+    matrix = val.get("confusion_matrix")
+    if matrix:
+        lines.append("  confusion matrix  (rows: true digit, columns: predicted)")
+        lines.append("          " + "".join(f"{d:>6}" for d in range(len(matrix))))
+        lines.extend(f"      {t:>4}" + "".join(f"{n:>6}" for n in row)
+                     for t, row in enumerate(matrix))
+    typer.echo("\n".join(lines))
+
+
+AliasOpt = Annotated[str, typer.Option("--alias", help="Alias to act on.")]
+
+
+@models_app.command("promote")
+def models_promote(
+    version: Annotated[int, typer.Argument(help="Model version to promote.")],
+    alias: AliasOpt = "production",
+    force: Annotated[bool, typer.Option(
+        "--force", help="Promote even if its golden accuracy is worse (never skips the "
+        "integrity and safe-loading checks).")] = False,
+    tolerance: Annotated[float, typer.Option(
+        help="Allowed golden-accuracy drop versus the current target.")] = 0.002,
+    reason: Annotated[str, typer.Option(help="Why: recorded in the alias history.")] = "",
+    golden: Annotated[Path | None, typer.Option(
+        help="Labelled golden CSV (default: the shipped 200-row sample).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify, safely load and score a version on the golden set, then point an alias at it."""
+    from digits.db import upgrade
+    from model_store.promotion import PromotionError, promote
+
+    upgrade()
+    try:
+        result = promote(version, alias, tolerance, force, golden, reason)
+    except PromotionError as exc:
+        raise fail(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps(result.as_dict()))
+        return
+    base = (f" vs v{result.previous} {result.baseline_accuracy:.2%}"
+            if result.baseline_accuracy is not None else "")
+    scores = f"golden accuracy {result.accuracy:.2%}{base} on {result.golden_rows} rows"
+    if not result.moved:
+        typer.echo(f"{alias} already points at v{version} ({scores})")
+        return
+    was = f"was v{result.previous}" if result.previous is not None else "was unset"
+    typer.echo(f"{alias} → v{version} ({was}): {scores}")
+    if result.forced:
+        typer.secho("forced: the golden accuracy gate was overridden", fg="yellow", err=True)
+    if result.note:
+        typer.secho(f"note: {result.note}", fg="yellow", err=True)
+
+
+@models_app.command("rollback")
+def models_rollback(alias: AliasOpt = "production") -> None:
+    """Point an alias back at the version it named before its last move."""
+    from digits.db import upgrade
+    from model_store.aliases import AliasError, rollback
+
+    upgrade()
+    try:
+        change = rollback(alias)
+    except AliasError as exc:
+        raise fail(str(exc)) from exc
+    if not change.moved:
+        typer.echo(f"{alias} already points at v{change.to_version}: nothing to roll back")
+        return
+    typer.echo(f"{alias}: v{change.from_version} → v{change.to_version} (rollback)")
+
+
+@models_app.command("history")
+def models_history(
+    alias: AliasOpt = "production",
+    limit: Annotated[int | None, typer.Option(help="At most this many moves.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every move of an alias, newest first: from → to, when, and why."""
+    from model_store.aliases import history
+
+    moves = history(alias, limit)
+    if as_json:
+        typer.echo(json.dumps([m.as_dict() for m in moves], indent=2))
+        return
+    if not moves:
+        typer.echo(f"{alias} has never been set")
+        return
+    for m in moves:
+        when = m.created_at.strftime("%Y-%m-%d %H:%M:%S") if m.created_at else "?"
+        start = f"v{m.from_version}" if m.from_version is not None else "-"
+        typer.echo(f"{when}  {start:>4} → v{m.to_version:<4} {m.reason}")
+
+
+@app.command()
+def rescore(
+    batch: Annotated[int, typer.Option(help="Finished batch to score again.")],
+    model: Annotated[int, typer.Option(help="Model version to score it with.")],
+    limit: Annotated[int, typer.Option(help="Changed items to print (all with --json).")] = 50,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score a finished batch with another version beside its predictions; show agreement."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from sqlalchemy.exc import DBAPIError
+
+    from model_store.rescore import RescoreError
+    from model_store.rescore import rescore as run_rescore
+
+    try:  # the bar is transient: an error or the summary is what stays on screen
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      console=console(), disable=quiet or as_json, transient=True) as bar:
+            task = bar.add_task(f"batch {batch} with v{model}", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            result = run_rescore(batch, model, progress)
+    except RescoreError as exc:
+        raise fail(str(exc)) from exc
+    except DBAPIError as exc:  # no schema yet, or the database is unreachable
+        raise fail(f"cannot read the database: {type(exc.orig).__name__}: "
+                   f"{str(exc.orig).strip()}. Run `digits db upgrade` first?") from exc
+    if as_json:
+        typer.echo(json.dumps(result.as_dict()))
+        return
+    agreement = f"{result.agreement:.2%}" if result.agreement is not None else "n/a"
+    typer.echo(f"batch {batch}: v{result.old_version} vs v{result.new_version}: "
+               f"{result.agreeing}/{result.compared} items agree ({agreement}), "
+               f"{len(result.changed)} changed; {result.written} predictions added")
+    if result.labelled:
+        typer.echo(f"accuracy on {result.labelled} labelled items: "
+                   f"v{result.old_version} {result.old_correct / result.labelled:.2%}, "
+                   f"v{result.new_version} {result.new_correct / result.labelled:.2%}")
+    if result.unreadable:
+        typer.secho(f"{result.unreadable} items could not be read again", fg="yellow", err=True)
+    for c in result.changed[:limit]:
+        truth = f" (true {c.true_label})" if c.true_label is not None else ""
+        typer.echo(f"  item {c.item_id} #{c.position} {c.source_ref}: "
+                   f"{c.old_label} ({c.old_confidence:.3f}) → {c.new_label} "
+                   f"({c.new_confidence:.3f}){truth}")
+    if len(result.changed) > limit:
+        typer.echo(f"  … {len(result.changed) - limit} more (use --json for all)")
 
 
 # ---------------------------------------------------------------- scoring
@@ -174,6 +389,43 @@ def worker(
 
 
 @app.command()
+def scheduler(
+    beat: Annotated[bool, typer.Option(help="Also run Celery beat (nightly export).")] = True,
+) -> None:
+    """Watch the inbox, sweep expired leases, and schedule the nightly export (foreground)."""
+    import logging
+    import threading
+
+    from digits.db import upgrade
+    from scheduler.service import install_stop_handlers, run_scheduler
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    upgrade()
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    run_scheduler(stop, beat=beat)
+
+
+@app.command()
+def up(
+    workers: Annotated[int | None, typer.Option(help="Local worker processes.")] = None,
+) -> None:
+    """Service mode on this machine: scheduler + beat + N workers; Ctrl-C stops cleanly."""
+    import logging
+
+    from digits.db import upgrade
+    from digits.settings import get_settings
+    from scheduler.service import up as run_up
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    upgrade()
+    settings = get_settings()
+    typer.echo(f"digits up: inbox {settings.inbox_dir}, exports {settings.exports_dir}, "
+               f"{workers or settings.workers} workers; Ctrl-C to stop")
+    run_up(workers)
+
+
+@app.command()
 def run(
     paths: Annotated[list[Path], typer.Argument(help="CSV files or folders of images.")],
     out: Annotated[Path | None, typer.Option(help="Also write the Kaggle submission here.")] = None,
@@ -216,8 +468,7 @@ def status(
         info: dict[str, Any] = {"queue": queue_depth(), "workers": connected_workers(),
                 "batches": [p.as_dict() for p in progress], "exports": last_exports(3)}
     except Exception as exc:  # no database yet, or unreachable
-        raise fail(f"cannot read the database: {type(exc).__name__}: {exc}. "
-                   "Run `digits db upgrade` first?") from exc
+        raise fail(db_problem(exc)) from exc
     if batch and not progress:
         raise fail(f"batch {batch} does not exist")
     if as_json:
@@ -260,7 +511,10 @@ def results(
 
     if fmt not in ("table", "csv", "json"):
         raise fail("--format must be table, csv or json")
-    rows = query(batch, below_confidence, limit, source)
+    try:
+        rows = query(batch, below_confidence, limit, source)
+    except Exception as exc:  # no database yet, or unreachable
+        raise fail(db_problem(exc)) from exc
     if fmt == "json":
         typer.echo(json.dumps(rows, indent=1))
     elif fmt == "csv":
@@ -298,6 +552,8 @@ def export(
         path, rows, sha = export_batch(batch, out, model, partial, manifest)
     except ExportError as exc:
         raise fail(str(exc)) from exc
+    except Exception as exc:  # no database yet, or unreachable
+        raise fail(db_problem(exc)) from exc
     typer.echo(f"wrote {rows} rows to {path} (sha256 {sha[:16]}…)")
 
 

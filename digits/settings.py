@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1, description="Decompression-bomb limit.")
     max_file_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest accepted image file.")
     model_version: int | None = Field(None, description="Force this model version for new batches.")
+    inbox_poll_seconds: float = Field(1.0, gt=0, description="Inbox polling scan interval.")
+    inbox_settle_seconds: float = Field(0.3, ge=0, description="A file this still is complete.")
+    export_hour: int = Field(2, ge=0, le=23, description="Nightly export time: hour.")
+    export_minute: int = Field(0, ge=0, le=59, description="Nightly export time: minute.")
+    export_timezone: str = Field("UTC", description="Time zone of the nightly export time.")
+    export_schedule_seconds: float | None = Field(
+        None, gt=0, description="Run the export every N seconds instead (tests, demos)."
+    )
+    metrics_port: int | None = Field(None, description="Serve Prometheus metrics on this port.")
 
     @property
     def db_url(self) -> str:

@@ -120,6 +120,7 @@ def register(model_file: Path, card: dict[str, Any], root: Path | None = None) -
     root.mkdir(parents=True, exist_ok=True)
     card = {**card, "sha256": sha256_file(model_file)}
     tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=root))
+    tmp.chmod(0o755)  # mkdtemp makes 0700; workers may run as another user
     shutil.copyfile(model_file, tmp / MODEL_FILE)
     while True:
         number = max((v.version for v in list_versions()), default=0) + 1

@@ -13,12 +13,12 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 
 from digits.db import session
 from digits.schema import Batch, Chunk, Item, utcnow
@@ -44,6 +44,7 @@ class Enqueued:
     errors: int
     chunks: int
     failed: str | None = None
+    chunk_ids: list[int] = field(default_factory=list)
 
 
 def create_batch(source: str, kind: str, model: ModelVersion, source_sha256: str | None) -> int:
@@ -166,41 +167,98 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: str(p.relative_to(folder)))
 
 
+def earlier_items(digests: list[str]) -> dict[str, int]:
+    """sha256 → id of the first image item already holding that content (for dedupe)."""
+    if not digests:
+        return {}
+    with session() as sess:
+        rows = sess.execute(
+            select(Item.sha256, func.min(Item.id)).join(Batch, Batch.id == Item.batch_id)
+            .where(Item.sha256.in_(digests), Item.duplicate_of.is_(None),
+                   Batch.kind == "images")
+            .group_by(Item.sha256)
+        ).all()
+    return {str(sha): int(item_id) for sha, item_id in rows}
+
+
+def add_duplicates(batch_id: int, rows: list[dict[str, object]]) -> None:
+    """Items whose content was seen before: recorded, pointing at the earlier item, no chunk."""
+    if not rows:
+        return
+    with session(write=True) as sess:
+        in_batch = {str(sha): int(item_id) for sha, item_id in sess.execute(
+            select(Item.sha256, func.min(Item.id))
+            .where(Item.batch_id == batch_id, Item.duplicate_of.is_(None))
+            .group_by(Item.sha256)).all()}
+        sess.execute(insert(Item), [
+            {**{k: v for k, v in row.items() if k != "earlier"}, "batch_id": batch_id,
+             "status": "duplicate",
+             "duplicate_of": row["earlier"] or in_batch[str(row["sha256"])]}
+            for row in rows
+        ])
+
+
 def enqueue_files(folder: Path, files: list[Path], source: str | None = None,
-                  model_version: int | None = None, chunk_size: int | None = None) -> Enqueued:
-    """Make one batch of image files (read in place by the workers). Files that are not images
-    by name are refused here with a reason; content is checked by the worker when decoding."""
+                  model_version: int | None = None, chunk_size: int | None = None,
+                  final_root: Path | None = None, dedupe: bool = False,
+                  send: bool = True) -> Enqueued:
+    """Make one batch of image files, read in place by the workers.
+
+    ``final_root``: where the files will live once the batch is committed (the inbox moves
+    them to ``processed/<date>/`` afterwards); items record that path. With ``dedupe`` a file
+    whose sha256 was seen before becomes a ``duplicate`` item pointing at the earlier one.
+    With ``send=False`` the caller sends the chunks (after moving the files).
+    Names that are not images are refused here; content is checked when the worker decodes.
+    """
     model = resolve_active(model_version)
     chunk_size = chunk_size or get_settings().chunk_size
     batch_id = create_batch(source or str(folder.resolve()), "images", model, None)
-    items = errors = chunks = 0
-    for seq, start in enumerate(range(0, len(files), chunk_size), start=1):
-        good: list[dict[str, object]] = []
-        bad: list[tuple[dict[str, object], str]] = []
-        for offset, file in enumerate(files[start : start + chunk_size]):
-            position = start + offset + 1
-            row: dict[str, object] = {"position": position,
-                                      "source_ref": str(file.relative_to(folder)),
-                                      "path": str(file.resolve())}
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                bad.append((row, f"not an accepted image type: {file.suffix or 'no extension'}"))
-                continue
-            digest = file_sha256_or_none(file)
-            if digest is None:
-                bad.append((row, "cannot read file"))
-                continue
-            good.append({**row, "sha256": digest})
-        chunk_id = add_chunk(batch_id, seq, "files", good, bad)
+    digests = {file: file_sha256_or_none(file) for file in files}
+    earlier = earlier_items([d for d in digests.values() if d]) if dedupe else {}
+    seen: set[str] = set()
+    duplicates: list[dict[str, object]] = []
+    items = errors = 0
+    chunk_ids: list[int] = []
+    good: list[dict[str, object]] = []
+    bad: list[tuple[dict[str, object], str]] = []
+
+    def flush() -> None:
+        chunk_id = add_chunk(batch_id, len(chunk_ids) + 1, "files", good, bad)
         if chunk_id is not None:
-            send_chunks([chunk_id])
-            chunks += 1
-        items += len(good) + len(bad)
-        errors += len(bad)
+            chunk_ids.append(chunk_id)
+            if send:
+                send_chunks([chunk_id])
+        good.clear()
+        bad.clear()
+
+    for position, file in enumerate(files, start=1):
+        relative = file.relative_to(folder)
+        where = (final_root or folder) / relative
+        row: dict[str, object] = {"position": position, "source_ref": str(relative),
+                                  "path": str(where.resolve())}
+        digest = digests[file]
+        items += 1
+        if file.suffix.lower() not in IMAGE_SUFFIXES:
+            bad.append((row, f"not an accepted image type: {file.suffix or 'no extension'}"))
+            errors += 1
+        elif digest is None:
+            bad.append((row, "cannot read file"))
+            errors += 1
+        elif dedupe and (digest in earlier or digest in seen):
+            duplicates.append({**row, "sha256": digest, "earlier": earlier.get(digest)})
+        else:
+            seen.add(digest)
+            good.append({**row, "sha256": digest})
+        if len(good) + len(bad) >= chunk_size:
+            flush()
+    if good or bad:
+        flush()
+    add_duplicates(batch_id, duplicates)
     if items == 0:
         fail_batch(batch_id, f"{folder}: no files")
         return Enqueued(batch_id, 0, 0, 0, failed=f"{folder}: no files")
-    finish_enqueue(batch_id, items, errors, chunks)
-    return Enqueued(batch_id, items, errors, chunks)
+    finish_enqueue(batch_id, items, errors, len(chunk_ids))
+    return Enqueued(batch_id, items, errors, len(chunk_ids), chunk_ids=chunk_ids)
 
 
 def enqueue_path(path: Path, model_version: int | None = None,

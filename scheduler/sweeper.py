@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 
 from digits.db import session
 from digits.schema import Batch, Chunk, utcnow
@@ -54,7 +54,10 @@ def sweep() -> SweepReport:
             select(Chunk.id)
             .join(Batch, Batch.id == Chunk.batch_id)
             .where(Chunk.state == "queued", Batch.status.in_(ACTIVE_BATCH),
-                   or_(Chunk.sent_at.is_(None), Chunk.sent_at < stale))
+                   # never sent: give the enqueuer one lease to send it (the inbox moves
+                   # files between commit and send)
+                   or_(and_(Chunk.sent_at.is_(None), Batch.created_at < stale),
+                       Chunk.sent_at < stale))
         ).all()
         report.resent = [c for c in lost if c not in report.requeued]
         for batch_id in sess.scalars(select(Batch.id).where(Batch.status == "running")).all():

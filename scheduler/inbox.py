@@ -1,0 +1,195 @@
+"""The inbox: users drop scans into a folder; each drop burst or sub-folder becomes a batch.
+
+Layout inside ``DIGITS_INBOX`` (all on one filesystem, so every move is an atomic rename)::
+
+    <inbox>/                  drop files or folders here
+    <inbox>/processing/<id>/  claimed, not yet committed as a batch
+    <inbox>/processed/<date>/<id>/  committed: workers read the files here
+    <inbox>/failed/<date>/    files that could not be scored, each with <name>.reason.txt
+
+A polling scan is the source of truth (network shares and Docker volumes lose inotify
+events); filesystem events only wake the scan early. A file is claimed once its mtime is
+``settle`` seconds old, so a file written under a temporary name and renamed is taken at once
+while a file still being written is left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import select, update
+
+from digits.db import session
+from digits.schema import Batch, Chunk, Item, ItemError
+from scheduler.batches import enqueue_files, image_files
+from scheduler.queue import send_chunks
+
+log = logging.getLogger("digits.inbox")
+RESERVED = {"processing", "processed", "failed"}
+TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", ".download")
+SOURCE_PREFIX = "inbox:"
+
+
+@dataclass(frozen=True)
+class Ingested:
+    drop: str
+    batch_id: int
+    items: int
+
+
+def is_candidate(path: Path) -> bool:
+    name = path.name
+    return not name.startswith(".") and not name.lower().endswith(TEMP_SUFFIXES)
+
+
+def newest_mtime(path: Path) -> float:
+    if path.is_file():
+        return path.stat().st_mtime
+    times = [path.stat().st_mtime]
+    times += [p.stat().st_mtime for p in path.rglob("*")]
+    return max(times)
+
+
+class Inbox:
+    def __init__(self, root: Path, settle: float = 0.3, max_wait: float = 1.0) -> None:
+        self.root = root.resolve()
+        self.settle = settle
+        self.max_wait = max_wait
+        for name in RESERVED:
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------ scanning and claiming
+    def ready(self, now: float | None = None) -> tuple[list[Path], list[Path]]:
+        """Loose files and sub-folders whose content has been still for ``settle`` seconds."""
+        now = now or time.time()
+        files: list[tuple[Path, float]] = []
+        folders: list[Path] = []
+        busy = False  # a loose file still arriving: the burst is not over yet
+        for entry in sorted(self.root.iterdir()):
+            if entry.name in RESERVED or not is_candidate(entry):
+                continue
+            try:
+                age = now - newest_mtime(entry)
+            except FileNotFoundError:
+                continue  # vanished mid-scan (renamed by its writer or another scheduler)
+            if entry.is_dir():
+                if age >= self.settle:
+                    folders.append(entry)
+            elif entry.is_file():
+                if age >= self.settle:
+                    files.append((entry, age))
+                else:
+                    busy = True
+        # A burst of loose files is one batch: wait for a quiet moment, but never starve a
+        # file behind an endless trickle.
+        if busy and not any(age > self.max_wait for _, age in files):
+            return [], folders
+        return [f for f, _ in files], folders
+
+    def claim(self, files: list[Path], folders: list[Path]) -> list[Path]:
+        """Move ready entries into ``processing/`` by atomic rename; a lost race is skipped."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        drops: list[Path] = []
+        if files:
+            drop = self.root / "processing" / f"{stamp}-{uuid.uuid4().hex[:6]}"
+            drop.mkdir()
+            for file in files:
+                try:
+                    os.rename(file, drop / file.name)
+                except FileNotFoundError:
+                    continue
+            if any(drop.iterdir()):
+                drops.append(drop)
+            else:
+                drop.rmdir()
+        for folder in folders:
+            target = self.root / "processing" / f"{stamp}-{uuid.uuid4().hex[:6]}-{folder.name}"
+            try:
+                os.rename(folder, target)
+            except FileNotFoundError:
+                continue
+            drops.append(target)
+        return drops
+
+    # ------------------------------------------------------------ batches
+    def final_dir(self, drop: Path) -> Path:
+        return self.root / "processed" / drop.name[:8] / drop.name
+
+    def ingest(self, drop: Path) -> Ingested | None:
+        """Commit a claimed drop as a batch, then move it to processed/, then wake workers."""
+        files = image_files(drop)
+        if not files:
+            shutil.rmtree(drop, ignore_errors=True)
+            return None
+        final = self.final_dir(drop)
+        done = enqueue_files(drop, files, source=SOURCE_PREFIX + drop.name, final_root=final,
+                             dedupe=True, send=False)
+        self.finish(drop, done.batch_id)
+        log.info("inbox drop %s → batch %s (%s items)", drop.name, done.batch_id, done.items)
+        return Ingested(drop.name, done.batch_id, done.items)
+
+    def finish(self, drop: Path, batch_id: int) -> None:
+        final = self.final_dir(drop)
+        if drop.exists():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(drop, final)
+        with session() as sess:
+            queued = sess.scalars(select(Chunk.id).where(Chunk.batch_id == batch_id,
+                                                         Chunk.state == "queued")).all()
+        send_chunks(list(queued))
+
+    def reconcile(self) -> list[Ingested]:
+        """On start-up: finish drops a killed scheduler left in ``processing/``."""
+        out: list[Ingested] = []
+        for drop in sorted((self.root / "processing").iterdir()):
+            if not drop.is_dir():
+                continue
+            with session() as sess:
+                batch_id = sess.scalar(select(Batch.id).where(
+                    Batch.source == SOURCE_PREFIX + drop.name))
+            if batch_id is not None:
+                self.finish(drop, batch_id)  # committed before the crash: just move + send
+                log.info("reconciled drop %s (batch %s)", drop.name, batch_id)
+            else:
+                ingested = self.ingest(drop)
+                if ingested:
+                    out.append(ingested)
+        return out
+
+    def scan(self) -> list[Ingested]:
+        files, folders = self.ready()
+        return [i for drop in self.claim(files, folders) if (i := self.ingest(drop))]
+
+    # ------------------------------------------------------------ failures
+    def file_failures(self) -> int:
+        """Move files of finished inbox items that could not be scored to ``failed/``."""
+        moved = 0
+        processed = str(self.root / "processed") + os.sep
+        with session() as sess:
+            rows = sess.execute(
+                select(Item.id, Item.path, ItemError.reason)
+                .join(ItemError, ItemError.item_id == Item.id)
+                .join(Batch, Batch.id == Item.batch_id)
+                .where(Batch.status == "done", Batch.source.like(SOURCE_PREFIX + "%"),
+                       Item.path.like(processed + "%"))
+            ).all()
+        for item_id, path, reason in rows:
+            source = Path(path or "")
+            folder = self.root / "failed" / datetime.now(UTC).strftime("%Y%m%d")
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"{item_id}-{source.name}"
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(source, target)
+            (folder / f"{target.name}.reason.txt").write_text(reason + "\n")
+            with session(write=True) as sess:
+                sess.execute(update(Item).where(Item.id == item_id).values(path=str(target)))
+            moved += 1
+        return moved

@@ -1,0 +1,141 @@
+"""Service mode: the scheduler loop (inbox + sweeper + Celery beat) and `digits up`.
+
+The loop runs in the main thread; Celery beat runs embedded in a thread and only publishes the
+nightly export. Stopping (Ctrl-C / SIGTERM) finishes the current scan, stops beat, and, in
+`digits up`, gives the local workers a warm shutdown so the chunk in hand is finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from digits.settings import get_settings
+from scheduler.inbox import Inbox
+
+log = logging.getLogger("digits.scheduler")
+
+
+def beat_schedule() -> dict[str, Any]:
+    """The nightly export: a crontab in the configured time zone, or every N s for tests."""
+    from celery.schedules import crontab
+
+    from worker.celery_app import TASK_EXPORT
+
+    settings = get_settings()
+    schedule: Any = settings.export_schedule_seconds or crontab(
+        hour=settings.export_hour, minute=settings.export_minute)
+    return {"nightly-export": {"task": TASK_EXPORT, "schedule": schedule}}
+
+
+def start_beat() -> Any:
+    """Celery beat embedded as a thread (it publishes; a worker runs the export)."""
+    from celery.beat import EmbeddedService
+
+    from worker.celery_app import sending_app
+
+    settings = get_settings()
+    app = sending_app()
+    app.conf.beat_schedule = beat_schedule()
+    app.conf.timezone = settings.export_timezone
+    state = settings.home.resolve() / "beat-schedule"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    service = EmbeddedService(app, thread=True, schedule_filename=str(state))
+    service.start()
+    return service
+
+
+def watch(root: Path, wake: threading.Event) -> Any:
+    """Filesystem events (watchdog) only shorten the wait; the poll is the source of truth."""
+    try:
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                wake.set()
+
+        observer = Observer()
+        observer.schedule(Handler(), str(root), recursive=False)
+        observer.daemon = True
+        observer.start()
+        return observer
+    except Exception as exc:  # no inotify (some volumes): polling alone still works
+        log.warning("filesystem events unavailable, polling only: %s", exc)
+        return None
+
+
+def run_scheduler(stop: threading.Event, beat: bool = True) -> None:
+    """Scan the inbox, sweep leases, file failures, until ``stop`` is set."""
+    from scheduler.sweeper import sweep
+
+    settings = get_settings()
+    inbox = Inbox(settings.inbox_dir, settings.inbox_settle_seconds)
+    for done in inbox.reconcile():
+        log.info("recovered drop %s as batch %s", done.drop, done.batch_id)
+    wake = threading.Event()
+    observer = watch(inbox.root, wake)
+    service = start_beat() if beat else None
+    next_sweep = 0.0
+    log.info("scheduler watching %s", inbox.root)
+    try:
+        while not stop.is_set():
+            try:
+                for done in inbox.scan():
+                    log.info("drop %s → batch %s (%s items)", done.drop, done.batch_id, done.items)
+                if time.monotonic() >= next_sweep:
+                    sweep()
+                    inbox.file_failures()
+                    next_sweep = time.monotonic() + settings.sweep_seconds
+            except Exception:  # the database or broker may be down: log, wait, go on
+                log.exception("scheduler iteration failed; retrying")
+                stop.wait(2.0)
+            # a file needs `settle` seconds of stillness: wake again just after that
+            wake.wait(settings.inbox_poll_seconds)
+            if wake.is_set():
+                wake.clear()
+                stop.wait(settings.inbox_settle_seconds)
+    finally:
+        if observer is not None:
+            observer.stop()
+        if service is not None:
+            service.stop()
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("signal %s: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def up(workers: int | None = None) -> None:
+    """Scheduler + local workers in the foreground; restarts a worker that dies."""
+    from worker.local import start_workers, stop_workers
+
+    settings = get_settings()
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    logs = settings.home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    proc = start_workers(workers or settings.workers, logs / "worker.log")
+
+    def keep_workers() -> None:
+        nonlocal proc
+        while not stop.wait(2.0):
+            if proc.poll() is not None:
+                log.warning("worker exited (%s): restarting", proc.returncode)
+                proc = start_workers(workers or settings.workers, logs / "worker.log")
+
+    threading.Thread(target=keep_workers, daemon=True, name="keep-workers").start()
+    try:
+        run_scheduler(stop)
+    finally:
+        stop.set()
+        stop_workers(proc, timeout=60)
