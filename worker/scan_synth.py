@@ -34,9 +34,10 @@ FORMAT_MODES: dict[str, tuple[str, ...]] = {
     "TIFF": ("L", "RGB", "P", "RGBA", "LA", "I;16"),
     "BMP": ("L", "RGB", "P"),
     "WEBP": ("RGB", "RGBA"),
-    "GIF": ("L", "P", "RGB"),
+    "GIF": ("L", "P", "RGB", "RGBA"),
 }
-"""Pixel modes each format can store (as Pillow writes them); GIF stores RGB as a palette."""
+"""Pixel modes each format can store (as Pillow writes them).  GIF stores RGB as a palette
+and RGBA as a palette with one transparent index (so alpha becomes all-or-nothing)."""
 
 MAX_ROTATION = 10.0
 """Degrees either way: people write slightly slanted and place the sheet slightly askew."""
@@ -244,5 +245,22 @@ def _encode(img: Image.Image, fmt: str, rng: np.random.Generator) -> bytes:
             options["quality"] = int(rng.integers(60, 96))
     elif fmt == "TIFF":
         options["compression"] = [None, "tiff_lzw", "tiff_adobe_deflate"][int(rng.integers(3))]
+    elif fmt == "GIF" and img.mode == "RGBA":
+        img, options["transparency"] = _gif_with_transparency(img), 255
     img.save(out, format=fmt, **options)
     return out.getvalue()
+
+
+def _gif_with_transparency(img: Image.Image) -> Image.Image:
+    """RGBA → palette image whose index 255 is transparent, as GIF exporters write it.
+
+    Pillow's own RGBA → GIF conversion may drop the transparency and keep the (arbitrary)
+    colour of transparent pixels, which would make a digit-less file.
+    """
+    alpha = np.asarray(img.getchannel("A")) >= 128
+    pal = img.convert("RGB").quantize(colors=255)
+    indices = np.asarray(pal).copy()
+    indices[~alpha] = 255
+    out = Image.fromarray(indices.astype(np.uint8), mode="P")
+    out.putpalette(pal.getpalette() or [])
+    return out
