@@ -538,16 +538,39 @@ def results(
 
 @app.command()
 def export(
-    batch: Annotated[int, typer.Option(help="Batch to export.")],
+    batch: Annotated[int | None, typer.Option(help="Batch to export.")] = None,
     out: Annotated[Path, typer.Option(help="Submission file to write.")] = Path("submission.csv"),
     model: Annotated[int | None, typer.Option(help="Export this version's predictions.")] = None,
     partial: Annotated[bool, typer.Option(help="Write labelled rows even if some lack one.")]
     = False,
     manifest: Annotated[bool, typer.Option(help="Also write <out>.manifest.json.")] = False,
+    since_last: Annotated[bool, typer.Option(
+        "--since-last", help="Instead of one batch: every finished batch not exported yet, "
+        "into DIGITS_EXPORT_DIR/<date>/batch-<id>/ (what the nightly export does).")] = False,
 ) -> None:
     """Write a Kaggle submission (ImageId,Label) for a finished batch, atomically."""
     from scheduler.export import ExportError, export_batch
 
+    if since_last:
+        if batch is not None or model is not None:
+            raise fail("--since-last exports every pending batch with its pinned model: "
+                       "drop --batch/--model")
+        from scheduler.export import export_pending
+
+        try:
+            written = export_pending(trigger="manual")
+        except Exception as exc:  # no database yet, or unreachable
+            raise fail(db_problem(exc)) from exc
+        if not written:
+            typer.echo("nothing to export: every finished batch has already been exported")
+        for e in written:
+            errors = f", {e.errors} item errors listed in the manifest" if e.errors else ""
+            typer.echo(f"batch {e.batch_id}: {e.rows}/{e.items} rows{errors} → {e.submission} "
+                       f"(+ {e.manifest.name}, sha256 {e.sha256[:16]}…)")
+        return
+    if batch is None:
+        raise fail("pass --batch N (one batch, to --out) or --since-last (every finished batch "
+                   "not exported yet)")
     try:
         path, rows, sha = export_batch(batch, out, model, partial, manifest)
     except ExportError as exc:
@@ -558,18 +581,44 @@ def export(
 
 
 @app.command()
+def report(
+    batch: Annotated[int, typer.Option(help="Batch to report on.")],
+    out: Annotated[Path, typer.Option(help="Folder for index.html and the PNG plots.")]
+    = Path("report"),
+    grid: Annotated[int, typer.Option(help="Least-confident items to show.")] = 16,
+) -> None:
+    """Plots (labels, confidence, least-confident items, confusion matrix) and index.html."""
+    from sqlalchemy.exc import DBAPIError
+
+    from scheduler.report import ReportError, build_report
+
+    try:
+        done = build_report(batch, out, grid)
+    except ReportError as exc:
+        raise fail(str(exc)) from exc
+    except DBAPIError as exc:  # no database yet, or unreachable
+        raise fail(db_problem(exc)) from exc
+    accuracy = f"; accuracy {done.accuracy:.2%}" if done.accuracy is not None else ""
+    typer.echo(f"wrote {done.index} with {', '.join(p.name for p in done.images.values())}"
+               f"{accuracy}")
+
+
+@app.command()
 def bench(
     data: Annotated[Path | None, typer.Option(help="Kaggle CSV to score.")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
     seed_sample: Annotated[int, typer.Option(help="Images for the origin's per-image loop.")]
     = 300,
+    images: Annotated[int, typer.Option(
+        help="Image mode: score this many generated ~300x300 JPEG scans instead of a CSV.")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Benchmark: end-to-end vs model-only ceiling vs the origin's one-predict-per-image loop."""
     from scheduler.bench import run_bench
 
     try:
-        report = run_bench(data, workers=workers, seed_sample=seed_sample, quiet=as_json)
+        report = run_bench(data, workers=workers, seed_sample=seed_sample, quiet=as_json,
+                           images=images)
     except (ValueError, TimeoutError) as exc:
         raise fail(str(exc)) from exc
     typer.echo(json.dumps(report, indent=None if as_json else 2))

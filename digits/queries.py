@@ -129,7 +129,8 @@ def results(batch_id: int | None = None, below: float | None = None, limit: int 
                Prediction.needs_review, Prediction.model_version, Item.true_label,
                ItemError.reason)
         .join(Batch, Batch.id == Item.batch_id)
-        .outerjoin(Prediction, (Prediction.item_id == Item.id)
+        # a duplicate shows the prediction of the item it repeats
+        .outerjoin(Prediction, (Prediction.item_id == func.coalesce(Item.duplicate_of, Item.id))
                    & (Prediction.model_version == version))
         .outerjoin(ItemError, ItemError.item_id == Item.id)
         .order_by(Item.batch_id, Item.position)

@@ -93,9 +93,74 @@ def _load(version: int) -> Any:
     return load(get_version(version))
 
 
-def run_bench(data: Path | None, workers: int = 2, seed_sample: int = 300,
-              timeout: float = 1800.0, quiet: bool = False) -> dict[str, Any]:
+def generate_scans(folder: Path, count: int, size: int = 300, seed: int = 0) -> list[int]:
+    """Write ``count`` realistic JPEG scans (from the shipped sample's labelled rows)."""
+    from scheduler.csv_input import read_labelled
+    from worker.scan_synth import render_scan
+
+    pixels, labels = read_labelled(SAMPLE)
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    truth = []
+    for i in range(count):
+        k = i % len(labels)
+        data, ext = render_scan(pixels[k], rng, size=size, fmt="JPEG", mode="RGB")
+        (folder / f"scan-{i:06d}{ext}").write_bytes(data)
+        truth.append(int(labels[k]))
+    return truth
+
+
+def image_bench(count: int, workers: int, size: int = 300, timeout: float = 1800.0
+                ) -> dict[str, Any]:
+    """End-to-end scans/s on a generated folder of ~size×size JPEG scans (warm workers)."""
+    import tempfile
+
+    from digits.db import upgrade
+    from digits.queries import connected_workers
+    from scheduler.batches import enqueue_files, image_files
+    from worker.local import start_workers, stop_workers
+
     settings = get_settings()
+    upgrade()
+    if connected_workers():
+        raise ValueError("other workers are connected to this broker: stop them for a clean bench")
+    with tempfile.TemporaryDirectory(prefix="digits-bench-") as tmp:
+        folder = Path(tmp) / "scans"
+        generate_scans(folder / "warm", 2 * workers, size, seed=1)
+        truth = generate_scans(folder / "main", count, size)
+        log_dir = settings.home / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        proc = start_workers(workers, log_dir / "bench-worker.log")
+        try:
+            warm = folder / "warm"
+            w = enqueue_files(warm, image_files(warm), chunk_size=1)
+            wait_for([w.batch_id], timeout)
+            main = folder / "main"
+            files = image_files(main)
+            started = time.perf_counter()
+            done = enqueue_files(main, files)
+            [state] = wait_for([done.batch_id], timeout)
+            seconds = time.perf_counter() - started
+        finally:
+            stop_workers(proc)
+    from digits.queries import results
+
+    rows = results(done.batch_id)
+    correct = sum(1 for r in rows if r["label"] == truth[r["image_id"] - 1])
+    return {"scans": count, "size": size, "predicted": state.predicted, "errors": state.errors,
+            "seconds": round(seconds, 3), "e2e_scans_per_s": round(count / seconds, 1),
+            "accuracy": round(correct / count, 4)}
+
+
+def run_bench(data: Path | None, workers: int = 2, seed_sample: int = 300,
+              timeout: float = 1800.0, quiet: bool = False, images: int = 0) -> dict[str, Any]:
+    settings = get_settings()
+    if images:
+        return {"mode": "images", "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "deployment": {"broker": settings.broker.split("://")[0],
+                               "database": settings.db_url.split(":")[0], "workers": workers,
+                               "chunk_size": settings.chunk_size},
+                **image_bench(images, workers, timeout=timeout)}
     source = data or settings.data
     if source is None or not Path(source).is_file():
         raise ValueError("pass --data PATH to a Kaggle CSV (e.g. test.csv.gz) or set DIGITS_DATA")

@@ -6,6 +6,7 @@ scheduler service is running (the embedded default has none).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,13 +76,22 @@ class RunSummary:
 def wait_for(batch_ids: list[int], timeout: float, progress: Any = None,
              keep_alive: Any = None) -> list[BatchProgress]:
     """Poll until every batch is done or failed; sweep as we go; keep local workers alive."""
+    from sqlalchemy.exc import DBAPIError
+
     from scheduler.sweeper import sweep
 
     settings = get_settings()
     deadline = time.monotonic() + timeout
     next_sweep = time.monotonic() + settings.sweep_seconds
     while True:
-        state = batch_progress(batch_ids)
+        try:
+            state = batch_progress(batch_ids)
+        except DBAPIError as exc:  # database briefly down: keep waiting until the deadline
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"batches {batch_ids}: database unreachable: {exc}") from exc
+            logging.getLogger("digits.run").warning("cannot read progress, will retry: %s", exc)
+            time.sleep(1.0)
+            continue
         if progress:
             progress(state)
         if all(b.finished for b in state):
@@ -89,7 +99,10 @@ def wait_for(batch_ids: list[int], timeout: float, progress: Any = None,
         if time.monotonic() > deadline:
             raise TimeoutError(f"batches {batch_ids} not finished after {timeout:.0f} s")
         if time.monotonic() >= next_sweep:
-            sweep()
+            try:
+                sweep()
+            except Exception as exc:  # broker or database briefly down: sweep again later
+                logging.getLogger("digits.run").warning("sweep failed, will retry: %s", exc)
             next_sweep = time.monotonic() + settings.sweep_seconds
         if keep_alive:
             keep_alive()

@@ -72,6 +72,7 @@ def watch(root: Path, wake: threading.Event) -> Any:
 def run_scheduler(stop: threading.Event, beat: bool = True) -> None:
     """Scan the inbox, sweep leases, file failures, until ``stop`` is set."""
     from scheduler.sweeper import sweep
+    from worker import metrics
 
     settings = get_settings()
     inbox = Inbox(settings.inbox_dir, settings.inbox_settle_seconds)
@@ -80,6 +81,7 @@ def run_scheduler(stop: threading.Event, beat: bool = True) -> None:
     wake = threading.Event()
     observer = watch(inbox.root, wake)
     service = start_beat() if beat else None
+    metrics.serve("scheduler")  # only when DIGITS_METRICS_PORT is set
     next_sweep = 0.0
     log.info("scheduler watching %s", inbox.root)
     try:
@@ -91,6 +93,7 @@ def run_scheduler(stop: threading.Event, beat: bool = True) -> None:
                     sweep()
                     inbox.file_failures()
                     next_sweep = time.monotonic() + settings.sweep_seconds
+                metrics.update_queue_gauges()
             except Exception:  # the database or broker may be down: log, wait, go on
                 log.exception("scheduler iteration failed; retrying")
                 stop.wait(2.0)
@@ -104,6 +107,7 @@ def run_scheduler(stop: threading.Event, beat: bool = True) -> None:
             observer.stop()
         if service is not None:
             service.stop()
+        metrics.stop()
 
 
 def install_stop_handlers(stop: threading.Event) -> None:

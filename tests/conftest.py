@@ -68,8 +68,8 @@ def pg_url() -> Iterator[str]:
 
 @pytest.fixture
 def redis_url() -> str:
-    """Redis db 9, flushed: the tests own it."""
-    url = f"{REDIS_URL}/9"
+    """A Redis db (1–15, by pid, so parallel test sessions rarely meet), flushed: ours now."""
+    url = f"{REDIS_URL}/{1 + os.getpid() % 15}"
     redis.Redis.from_url(url).flushdb()
     return url
 

@@ -59,7 +59,10 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         task_default_queue=QUEUE,
         task_time_limit=settings.task_time_limit,
-        task_soft_time_limit=max(1, settings.task_time_limit - 10),
+        # 10 s before the hard limit, but never under half of it: a 1 s soft limit (any
+        # DIGITS_TASK_TIME_LIMIT below 12) interrupted a child's first model load half-way,
+        # which broke that child's TensorFlow import for good (tests/worker/test_reliability.py)
+        task_soft_time_limit=settings.task_time_limit - min(10, settings.task_time_limit // 2),
         broker_transport_options=broker_options(settings),
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,

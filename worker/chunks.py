@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -203,6 +204,7 @@ def process_chunk(chunk_id: int) -> str:
     from worker.classify import model_for, predict
     from worker.results import prediction_rows, shape
 
+    started = time.perf_counter()
     found = claim(chunk_id)
     if found is None:
         return "skipped"
@@ -221,4 +223,9 @@ def process_chunk(chunk_id: int) -> str:
         raise
     log.info("chunk %s batch %s: %s items scored, %s errors (attempt %s)", chunk_id,
              found.batch_id, len(inputs.item_ids), len(inputs.errors), found.attempt)
+    if written:  # after the commit; metrics never fail a chunk (see worker/metrics.py)
+        from worker.metrics import record_chunk
+
+        record_chunk(found.kind, found.model_version, shaped.confidence, inputs.errors,
+                     time.perf_counter() - started)
     return "done" if written else "skipped"

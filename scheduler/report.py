@@ -1,0 +1,389 @@
+"""`digits report`: PNG plots and an ``index.html`` for one batch, to look at a batch by eye.
+
+What is in it: label distribution, calibrated-confidence histogram, the least-confident items
+with the very pixels the model saw (CSV: the staged rows; images: the file preprocessed the
+way the worker does it) and their predicted labels, and — when the input carried true labels —
+a confusion matrix and the accuracy.
+
+The module is split so the numbers can be tested without drawing: ``load`` reads the database,
+the pure helpers (``label_counts``, ``confusion``, ``accuracy``, ``least_confident``,
+``render_html``) shape plain values, and the ``plot_*`` functions only draw. matplotlib is
+imported inside the plotting functions (Agg backend, no display, no pyplot global state), so
+importing this module stays as cheap as the rest of the CLI.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import select
+
+from digits.db import session
+from digits.schema import Batch, Chunk, Item, ItemError, Prediction
+from digits.settings import get_settings
+
+DIGITS = list(range(10))
+GRID_ITEMS = 16
+"""Least-confident items shown: a 4×4 grid stays legible and cheap to render."""
+ERRORS_LISTED = 50
+
+
+class ReportError(ValueError):
+    """No report possible (unknown batch): nothing is written."""
+
+
+@dataclass(frozen=True)
+class Row:
+    item_id: int
+    position: int  # the Kaggle ImageId
+    source_ref: str
+    status: str
+    label: int | None
+    confidence: float | None
+    true_label: int | None
+    error: str | None
+
+
+@dataclass
+class BatchData:
+    batch_id: int
+    source: str
+    kind: str
+    status: str
+    model_version: int
+    model_sha256: str
+    rows: list[Row]
+
+    @property
+    def predicted(self) -> list[Row]:
+        return [r for r in self.rows if r.label is not None]
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.rows if r.status == status)
+
+
+@dataclass
+class Report:
+    batch_id: int
+    out_dir: Path
+    index: Path
+    images: dict[str, Path] = field(default_factory=dict)
+    accuracy: float | None = None
+
+
+# ---------------------------------------------------------------- reading
+def load(batch_id: int) -> BatchData:
+    """The batch and one row per item with its prediction by the batch's pinned version."""
+    with session() as sess:
+        batch = sess.get(Batch, batch_id)
+        if batch is None:
+            raise ReportError(f"batch {batch_id} does not exist")
+        rows = sess.execute(
+            select(Item.id, Item.position, Item.source_ref, Item.status, Prediction.label,
+                   Prediction.confidence, Item.true_label, ItemError.reason)
+            .outerjoin(Prediction, (Prediction.item_id == Item.id)
+                       & (Prediction.model_version == batch.model_version))
+            .outerjoin(ItemError, ItemError.item_id == Item.id)
+            .where(Item.batch_id == batch_id)
+            .order_by(Item.position)
+        ).all()
+    return BatchData(
+        batch.id, batch.source, batch.kind, batch.status, batch.model_version,
+        batch.model_sha256,
+        [Row(int(i), int(pos), ref, status, None if label is None else int(label),
+             None if conf is None else float(conf), None if true is None else int(true), why)
+         for i, pos, ref, status, label, conf, true, why in rows],
+    )
+
+
+def staged_pixels(item_ids: list[int]) -> dict[int, NDArray[np.float32]]:
+    """CSV items: their 28×28 rows from the chunk's staged ``.npy`` (rows in position order)."""
+    settings = get_settings()
+    wanted = set(item_ids)
+    out: dict[int, NDArray[np.float32]] = {}
+    with session() as sess:
+        chunks = sess.execute(
+            select(Chunk.id, Chunk.ref).join(Item, Item.chunk_id == Chunk.id)
+            .where(Item.id.in_(item_ids)).distinct()
+        ).all()
+        members = {cid: list(sess.scalars(select(Item.id).where(Item.chunk_id == cid)
+                                           .order_by(Item.position)).all())
+                   for cid, _ in chunks}
+    for cid, ref in chunks:
+        path = settings.staging_dir / ref
+        try:
+            pixels = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            continue  # staging cleaned up: the grid shows "no image"
+        for index, item_id in enumerate(members[cid]):
+            if item_id in wanted and index < len(pixels):
+                out[item_id] = pixels[index].reshape(28, 28).astype(np.float32) / 255.0
+    return out
+
+
+def file_pixels(item_ids: list[int]) -> dict[int, NDArray[np.float32]]:
+    """Image items: the file preprocessed exactly as the worker does (28×28, ink bright);
+    a file the preprocessing refuses is shown as the original, in grayscale."""
+    from PIL import Image
+
+    from worker.images import Rejected, image_to_tensor
+
+    settings = get_settings()
+    with session() as sess:
+        paths = dict(sess.execute(select(Item.id, Item.path).where(Item.id.in_(item_ids))).all())
+    out: dict[int, NDArray[np.float32]] = {}
+    for item_id, raw in paths.items():
+        if not raw:
+            continue
+        try:
+            data = Path(raw).read_bytes()
+        except OSError:
+            continue
+        try:
+            out[item_id] = image_to_tensor(data, settings.max_image_pixels).reshape(28, 28)
+        except Rejected:
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    img.thumbnail((112, 112))
+                    out[item_id] = np.asarray(img.convert("L"), np.float32) / 255.0
+            except Exception:  # unreadable: shown as "no image"
+                continue
+    return out
+
+
+# ---------------------------------------------------------------- pure shaping
+def label_counts(labels: Sequence[int]) -> list[int]:
+    """How many items got each digit 0–9."""
+    counts = [0] * 10
+    for label in labels:
+        counts[label] += 1
+    return counts
+
+
+def confusion(pairs: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """10×10 counts, rows = true digit, columns = predicted digit."""
+    matrix = [[0] * 10 for _ in DIGITS]
+    for true, predicted in pairs:
+        matrix[true][predicted] += 1
+    return matrix
+
+
+def accuracy(pairs: Sequence[tuple[int, int]]) -> float | None:
+    return sum(t == p for t, p in pairs) / len(pairs) if pairs else None
+
+
+def labelled_pairs(rows: Sequence[Row]) -> list[tuple[int, int]]:
+    return [(r.true_label, r.label) for r in rows
+            if r.true_label is not None and r.label is not None]
+
+
+def least_confident(rows: Sequence[Row], n: int = GRID_ITEMS) -> list[Row]:
+    """The ``n`` predicted items with the lowest confidence (ties: source order)."""
+    scored = [r for r in rows if r.confidence is not None]
+    return sorted(scored, key=lambda r: (r.confidence, r.position))[:n]
+
+
+def summary(data: BatchData) -> dict[str, Any]:
+    pairs = labelled_pairs(data.rows)
+    return {
+        "batch_id": data.batch_id, "source": data.source, "kind": data.kind,
+        "status": data.status, "model_version": data.model_version,
+        "model_sha256": data.model_sha256, "items": len(data.rows),
+        "predicted": len(data.predicted), "errors": data.count("error"),
+        "duplicates": data.count("duplicate"), "pending": data.count("pending"),
+        "labelled": len(pairs), "accuracy": accuracy(pairs),
+    }
+
+
+def render_html(info: dict[str, Any], images: dict[str, str], least: Sequence[Row],
+                errors: Sequence[Row]) -> str:
+    """The index page: counts, model, accuracy, the figures, the least-confident items and the
+    first errors. Every value from the database is escaped (sources and reasons are user text)."""
+    e = html.escape
+
+    def cell(value: Any) -> str:
+        return f"<td>{e('' if value is None else str(value))}</td>"
+
+    acc = f"{info['accuracy']:.2%} on {info['labelled']} labelled items" \
+        if info["accuracy"] is not None else "no true labels"
+    facts = [("source", info["source"]), ("kind", info["kind"]), ("status", info["status"]),
+             ("model", f"v{info['model_version']} (sha256 {info['model_sha256'][:16]}…)"),
+             ("items", info["items"]), ("predicted", info["predicted"]),
+             ("errors", info["errors"]), ("duplicates", info["duplicates"]),
+             ("pending", info["pending"]), ("accuracy", acc)]
+    titles = {"labels": "Predicted labels", "confidence": "Calibrated confidence",
+              "least_confident": f"The {len(least)} least-confident items",
+              "confusion": "Confusion matrix (rows: true, columns: predicted)"}
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        f"<title>digits report: batch {info['batch_id']}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;"
+        "text-align:left}img{max-width:100%;border:1px solid #eee}</style>",
+        "</head>", "<body>", f"<h1>Batch {info['batch_id']}</h1>", "<table>",
+        *(f"<tr><th>{e(k)}</th>{cell(v)}</tr>" for k, v in facts), "</table>",
+    ]
+    for key, name in images.items():
+        parts += [f"<h2>{e(titles.get(key, key))}</h2>",
+                  f'<img src="{e(name)}" alt="{e(titles.get(key, key))}">']
+    if least:
+        parts += ["<h2>Least-confident items</h2>",
+                  "<table><tr><th>ImageId</th><th>source</th><th>label</th>"
+                  "<th>confidence</th><th>true label</th></tr>",
+                  *(f"<tr>{cell(r.position)}{cell(r.source_ref)}{cell(r.label)}"
+                    f"{cell(f'{r.confidence:.4f}' if r.confidence is not None else None)}"
+                    f"{cell(r.true_label)}</tr>" for r in least), "</table>"]
+    if errors:
+        more = len(errors) - ERRORS_LISTED
+        parts += ["<h2>Item errors</h2>",
+                  "<table><tr><th>ImageId</th><th>source</th><th>reason</th></tr>",
+                  *(f"<tr>{cell(r.position)}{cell(r.source_ref)}{cell(r.error)}</tr>"
+                    for r in errors[:ERRORS_LISTED]), "</table>"]
+        if more > 0:
+            parts.append(f"<p>… and {more} more (see <code>digits results</code>)</p>")
+    parts += ["</body>", "</html>", ""]
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- drawing
+def _figure(width: float, height: float) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """PNG bytes written via a temp file + rename: a reader never sees half a picture."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o644)  # mkstemp makes 0600; a report is meant to be shared
+            fh.write(buf.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def plot_labels(counts: Sequence[int], path: Path) -> Path:
+    fig = _figure(6, 3.5)
+    ax = fig.add_subplot()
+    bars = ax.bar(DIGITS, counts, color="#4878a8")
+    ax.bar_label(bars, fontsize=8)
+    ax.set_xticks(DIGITS)
+    ax.set_xlabel("predicted digit")
+    ax.set_ylabel("items")
+    ax.set_title("Label distribution")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_confidence(confidences: Sequence[float], threshold: float, path: Path) -> Path:
+    fig = _figure(6, 3.5)
+    ax = fig.add_subplot()
+    ax.hist(list(confidences), bins=np.linspace(0, 1, 41), color="#4878a8")
+    ax.axvline(threshold, color="#c44e52", linestyle="--",
+               label=f"review threshold {threshold:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("calibrated confidence")
+    ax.set_ylabel("items (log)")
+    ax.set_title("Confidence")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_least_confident(rows: Sequence[Row], pixels: dict[int, NDArray[np.float32]],
+                         path: Path) -> Path:
+    cols = 4
+    grid_rows = max(1, -(-len(rows) // cols))
+    fig = _figure(cols * 2.0, grid_rows * 2.3)
+    for k in range(grid_rows * cols):
+        ax = fig.add_subplot(grid_rows, cols, k + 1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if k >= len(rows):
+            ax.axis("off")
+            continue
+        r = rows[k]
+        image = pixels.get(r.item_id)
+        if image is None:
+            ax.text(0.5, 0.5, "no image", ha="center", va="center", transform=ax.transAxes)
+        else:
+            ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
+        truth = f" (true {r.true_label})" if r.true_label is not None else ""
+        wrong = r.true_label is not None and r.true_label != r.label
+        ax.set_title(f"#{r.position}: {r.label} @ {r.confidence:.2f}{truth}", fontsize=8,
+                     color="#c44e52" if wrong else "black")
+    fig.suptitle("Least-confident items: ImageId: predicted @ confidence")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_confusion(matrix: Sequence[Sequence[int]], path: Path) -> Path:
+    fig = _figure(5.5, 5)
+    ax = fig.add_subplot()
+    values = np.asarray(matrix)
+    ax.imshow(np.log1p(values), cmap="Blues")
+    for t in DIGITS:
+        for p in DIGITS:
+            if values[t, p]:
+                ax.text(p, t, str(values[t, p]), ha="center", va="center", fontsize=7,
+                        color="white" if t == p else "black")
+    ax.set_xticks(DIGITS)
+    ax.set_yticks(DIGITS)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------- the report
+def build_report(batch_id: int, out_dir: Path, grid: int = GRID_ITEMS) -> Report:
+    """Write the PNGs and ``index.html`` for ``batch_id`` into ``out_dir``."""
+    data = load(batch_id)
+    out_dir = out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = summary(data)
+    predicted = data.predicted
+    least = least_confident(predicted, grid)
+    ids = [r.item_id for r in least]
+    pixels = staged_pixels(ids) if data.kind == "csv" else file_pixels(ids)
+    images = {
+        "labels": plot_labels(label_counts([r.label for r in predicted if r.label is not None]),
+                              out_dir / "labels.png"),
+        "confidence": plot_confidence([r.confidence for r in predicted
+                                       if r.confidence is not None],
+                                      get_settings().confidence_threshold,
+                                      out_dir / "confidence.png"),
+    }
+    if least:
+        images["least_confident"] = plot_least_confident(least, pixels,
+                                                         out_dir / "least_confident.png")
+    pairs = labelled_pairs(data.rows)
+    if pairs:
+        images["confusion"] = plot_confusion(confusion(pairs), out_dir / "confusion.png")
+    errors = [r for r in data.rows if r.error]
+    page = render_html(info, {k: p.name for k, p in images.items()}, least, errors)
+    from scheduler.export import atomic_write
+
+    index = out_dir / "index.html"
+    atomic_write(index, [page])
+    return Report(batch_id, out_dir, index, images, info["accuracy"])

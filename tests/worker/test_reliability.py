@@ -1,0 +1,268 @@
+"""Worker-side faults, measured: poison chunks, broker and database restarts, SQLite under two
+workers, warm shutdown, and memory over hundreds of chunks.
+
+Each test prints ``FIGURES <test>: lost=…, duplicates=…, recover_s=…`` (run with ``-s``), the
+numbers recorded in docs/RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from digits.db import session
+from digits.schema import Chunk, Item, ItemError
+from scheduler.batches import enqueue_csv, enqueue_files, image_files
+from scheduler.queue import send_chunks
+from scheduler.runner import wait_for
+from tests.conftest import write_csv
+from tests.faultkit import (
+    PrivatePostgres,
+    PrivateRedis,
+    chunk_states,
+    outcome,
+    reload_settings,
+    report,
+    setup_backend,
+    wait_until,
+    write_scans,
+)
+
+
+@pytest.fixture(params=["embedded", "services"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """embedded (SQLite + filesystem broker) or services (PostgreSQL + a private Redis)."""
+    return setup_backend(request.param, request, monkeypatch)
+
+
+CRASH_MARK = b"DIGITS-TEST-CRASH"
+#: Test-only fault injection, loaded by the worker processes of one test through PYTHONPATH
+#: (no setting, no code path in the product): decoding a file that starts with CRASH_MARK
+#: kills the process with SIGKILL, as a segfault in a native image decoder would.
+CRASH_HOOK = f"""
+import os, signal
+import worker.images as _images
+
+_decode = _images.image_to_tensor
+
+def image_to_tensor(data, *args, **kwargs):
+    if bytes(data[:{len(CRASH_MARK)}]) == {CRASH_MARK!r}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _decode(data, *args, **kwargs)
+
+_images.image_to_tensor = image_to_tensor
+"""
+
+
+def inject_crash_hook(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(CRASH_HOOK)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p))
+
+
+def warm_up(worker: object, folder: Path, sample_rows: list[str]) -> None:
+    """Score a few one-item chunks so each child has loaded TensorFlow and the model."""
+    write_scans(folder, sample_rows, 4, seed=7, prefix="warm")
+    warm = enqueue_files(folder.resolve(), image_files(folder.resolve()), chunk_size=1)
+    [state] = wait_for([warm.batch_id], timeout=120)
+    assert state.status == "done" and state.predicted == 4
+
+
+def test_poison_chunks_that_hang_or_kill_their_worker_are_quarantined(
+    backend: str, worker_factory: type, sample_rows: list[str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """True poison, every attempt, in one batch of four 3-item chunks:
+
+    * chunk 2 hangs: one item's path is a FIFO nobody writes to, so reading it blocks until
+      the task time limit interrupts the child;
+    * chunk 4 kills: one item crashes its decoder (SIGKILL of the child, simulated with a
+      test-only hook), so the prefork child dies and the message comes back.
+
+    Our own attempt counter (DIGITS_MAX_ATTEMPTS) quarantines both with a reason; chunks 1
+    and 3 are scored meanwhile; the batch finishes; nothing loops."""
+    monkeypatch.setenv("DIGITS_TASK_TIME_LIMIT", "16")  # soft limit 8 s, hard 16 s
+    monkeypatch.setenv("DIGITS_MAX_ATTEMPTS", "2")
+    # a lease longer than the soft limit: see "lease shorter than the time limit" in
+    # docs/RELIABILITY.md for what happens otherwise
+    monkeypatch.setenv("DIGITS_LEASE_SECONDS", "10")
+    monkeypatch.setenv("DIGITS_TF_THREADS", "1")
+    inject_crash_hook(tmp_path / "hook", monkeypatch)
+    reload_settings()
+    worker = worker_factory()
+    worker.wait_ready()
+    warm_up(worker, tmp_path / "warm", sample_rows)
+    folder = tmp_path / "scans"
+    write_scans(folder, sample_rows, 12)
+    (folder / "scan10.png").write_bytes(CRASH_MARK + b" (stands for a decoder crash)")
+    done = enqueue_files(folder.resolve(), image_files(folder.resolve()), chunk_size=3,
+                         send=False)
+    hang = folder / "scan04.png"  # the middle item of chunk 2
+    hang.unlink()
+    os.mkfifo(hang)
+    started = time.monotonic()
+    send_chunks(done.chunk_ids)
+    [state] = wait_for([done.batch_id], timeout=150)
+    seconds = time.monotonic() - started
+    assert state.status == "done", worker.tail()
+    with session() as sess:
+        chunks = sess.scalars(select(Chunk).where(Chunk.batch_id == done.batch_id)
+                              .order_by(Chunk.seq)).all()
+        reasons = dict(sess.execute(
+            select(Item.source_ref, ItemError.reason).join(ItemError, ItemError.item_id == Item.id)
+            .where(Item.batch_id == done.batch_id)).all())
+    log = worker.log.read_text()
+    assert [c.state for c in chunks] == ["done", "quarantined", "done", "quarantined"], log
+    assert [c.attempts for c in chunks] == [1, 2, 1, 2], log
+    hang_reason, kill_reason = chunks[1].error or "", chunks[3].error or ""
+    assert hang_reason.startswith("failed 2 attempts; last: SoftTimeLimitExceeded"), hang_reason
+    # the child's death is noticed by the broker redelivery (WorkerLostError after Celery's
+    # 10 s worker_lost_wait) or by the sweeper (lease expired), whichever comes first
+    assert kill_reason in ("failed 2 attempts; last: its worker died every time (poison input?)",
+                           "failed 2 attempts; last: lease expired: worker lost"), kill_reason
+    assert sorted(reasons) == [f"scan{i:02d}.png" for i in (3, 4, 5, 9, 10, 11)]
+    assert all(r.startswith("chunk quarantined: failed 2 attempts") for r in reasons.values())
+    figures = outcome([done.batch_id])
+    assert (figures["lost"], figures["duplicates"], figures["predicted"]) == (0, 0, 6)
+    assert log.count("exited with 'signal 9 (SIGKILL)'") == 2, log[-3000:]  # one per attempt
+    report(f"poison[{backend}]", lost=0, duplicates=0, quarantined_chunks=2,
+           quarantined_items=6, attempts_each=2, batch_done_s=round(seconds, 1),
+           hang_reason=hang_reason[:60], kill_reason=kill_reason[:70])
+
+
+def big_csvs(folder: Path, sample_rows: list[str], copies: int, files: int = 2) -> list[Path]:
+    """``files`` CSVs of ``copies`` × 200 labelled rows each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [write_csv(folder / f"part{i}.csv", sample_rows[:1] + sample_rows[1:] * copies)
+            for i in range(files)]
+
+
+def wait_mid_run(batch_ids: list[int], timeout: float = 90) -> None:
+    """Until some chunk is done and some is still to do: the moment to break something."""
+    def mid() -> bool:
+        with session() as sess:
+            states = sess.scalars(select(Chunk.state).where(Chunk.batch_id.in_(batch_ids))).all()
+        return "done" in states and any(s != "done" for s in states)
+
+    wait_until(mid, timeout, what="a batch half done")
+
+
+def test_redis_restarted_mid_run_every_batch_completes_exactly_once(
+    worker_factory: type, sample_rows: list[str], tmp_path: Path, home: Path,
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
+) -> None:
+    """A non-persistent Redis killed mid-run and restarted on the same port 2 s later: every
+    message it held is gone. Workers reconnect by themselves; the sweeper (here: inside
+    wait_for, as in `digits run`) re-sends chunks whose message is older than the lease."""
+    monkeypatch.setenv("DIGITS_LEASE_SECONDS", "5")
+    monkeypatch.setenv("DIGITS_TF_THREADS", "1")
+    setup_backend("services", request, monkeypatch)
+    worker = worker_factory()
+    worker.wait_ready()
+    sources = big_csvs(tmp_path / "in", sample_rows, 15)  # 2 × 3,000 rows
+    batch_ids = [enqueue_csv(p, chunk_size=250).batch_id for p in sources]  # 24 chunks
+    broker: PrivateRedis = request.node.private_redis
+    times: dict[str, float] = {}
+    before: dict[str, int] = {}
+
+    def outage() -> None:  # while the main thread waits, exactly as `digits run` does
+        wait_mid_run(batch_ids)
+        before.update(chunk_states(batch_ids[0]))
+        broker.kill()
+        times["killed"] = time.monotonic()
+        time.sleep(3)
+        broker.start()
+        times["restarted"] = time.monotonic()
+
+    breaker = threading.Thread(target=outage)
+    breaker.start()
+    try:
+        states = wait_for(batch_ids, timeout=150)
+    finally:
+        breaker.join(60)
+    restarted = times["restarted"]
+    recovered = time.monotonic() - restarted
+    assert all(s.status == "done" for s in states), worker.tail()
+    figures = outcome(batch_ids)
+    assert (figures["lost"], figures["duplicates"]) == (0, 0), figures
+    assert figures["predicted"] == 6000
+    log = worker.log.read_text()
+    report("redis-restart[services]", lost=0, duplicates=0, items=6000, chunks=24,
+           chunks_done_before_kill=before.get("done", 0),
+           outage_s=round(restarted - times["killed"], 1),
+           recover_s=round(recovered, 1), reclaimed_chunks=figures["reclaimed_chunks"],
+           reconnects=log.count("Connected to redis://"))
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    why = PrivatePostgres.unavailable()
+    if why:
+        pytest.skip(f"cannot start a private PostgreSQL cluster: {why}")
+    cluster = PrivatePostgres()
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def test_postgres_stopped_20s_mid_run_every_batch_completes_exactly_once(
+    worker_factory: type, sample_rows: list[str], tmp_path: Path, home: Path,
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
+    private_postgres: PrivatePostgres,
+) -> None:
+    """A private PostgreSQL cluster (never the shared one) stopped with `pg_ctl stop -m fast`
+    mid-run, kept down 20 s, started again. Tasks retry database errors with backoff; the pool
+    pre-pings, so the first use after the restart reconnects; `digits run`'s wait rides it out.
+    """
+    monkeypatch.setenv("DIGITS_LEASE_SECONDS", "10")
+    monkeypatch.setenv("DIGITS_TF_THREADS", "1")
+    setup_backend("services", request, monkeypatch)  # private Redis too
+    monkeypatch.setenv("DIGITS_DATABASE_URL", private_postgres.create_database("digits"))
+    reload_settings()
+    from digits.db import upgrade
+
+    upgrade()
+    worker = worker_factory()
+    worker.wait_ready()
+    sources = big_csvs(tmp_path / "in", sample_rows, 15)  # 2 × 3,000 rows
+    batch_ids = [enqueue_csv(p, chunk_size=250).batch_id for p in sources]  # 24 chunks
+    times: dict[str, float] = {}
+    before: dict[str, int] = {}
+
+    def outage() -> None:
+        wait_mid_run(batch_ids)
+        before.update(chunk_states(batch_ids[0]))
+        private_postgres.stop("fast")
+        times["stopped"] = time.monotonic()
+        time.sleep(20)
+        private_postgres.start()
+        times["started"] = time.monotonic()
+
+    breaker = threading.Thread(target=outage)
+    breaker.start()
+    try:
+        states = wait_for(batch_ids, timeout=200)
+    finally:
+        breaker.join(90)
+    recovered = time.monotonic() - times["started"]
+    assert all(s.status == "done" for s in states), worker.tail()
+    figures = outcome(batch_ids)
+    assert (figures["lost"], figures["duplicates"]) == (0, 0), figures
+    assert figures["predicted"] == 6000
+    log = worker.log.read_text()
+    worker.stop()
+    report("postgres-stop-20s[services]", lost=0, duplicates=0, items=6000, chunks=24,
+           chunks_done_before_stop=before.get("done", 0),
+           outage_s=round(times["started"] - times["stopped"], 1),
+           recover_s=round(recovered, 1), reclaimed_chunks=figures["reclaimed_chunks"],
+           db_error_retries=log.count("database error, retry in"))
