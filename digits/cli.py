@@ -564,7 +564,8 @@ def export(
         if not written:
             typer.echo("nothing to export: every finished batch has already been exported")
         for e in written:
-            errors = f", {e.errors} item errors listed in the manifest" if e.errors else ""
+            plural = "s" if e.errors != 1 else ""
+            errors = f", {e.errors} item error{plural} listed in the manifest" if e.errors else ""
             typer.echo(f"batch {e.batch_id}: {e.rows}/{e.items} rows{errors} → {e.submission} "
                        f"(+ {e.manifest.name}, sha256 {e.sha256[:16]}…)")
         return
@@ -585,7 +586,8 @@ def report(
     batch: Annotated[int, typer.Option(help="Batch to report on.")],
     out: Annotated[Path, typer.Option(help="Folder for index.html and the PNG plots.")]
     = Path("report"),
-    grid: Annotated[int, typer.Option(help="Least-confident items to show.")] = 16,
+    grid: Annotated[int, typer.Option(min=1, max=64, help="Least-confident items to show.")]
+    = 16,
 ) -> None:
     """Plots (labels, confidence, least-confident items, confusion matrix) and index.html."""
     from sqlalchemy.exc import DBAPIError

@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     export_dir: Path | None = Field(None, description="Where nightly submissions are written.")
     data: Path | None = Field(None, description="Default training CSV for `digits train`.")
 
-    chunk_size: int = Field(1000, ge=1, le=100_000, description="Items per Celery task.")
+    chunk_size: int = Field(1000, ge=1, le=100_000, description="CSV rows per Celery task.")
+    image_chunk_size: int = Field(250, ge=1, le=10_000, description="Image files per task.")
     lease_seconds: float = Field(60.0, gt=0, description="How long a claimed chunk is owned.")
     max_attempts: int = Field(3, ge=1, description="Claims of a chunk before it is quarantined.")
     sweep_seconds: float = Field(5.0, gt=0, description="How often expired leases are swept.")

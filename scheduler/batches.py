@@ -211,7 +211,8 @@ def enqueue_files(folder: Path, files: list[Path], source: str | None = None,
     Names that are not images are refused here; content is checked when the worker decodes.
     """
     model = resolve_active(model_version)
-    chunk_size = chunk_size or get_settings().chunk_size
+    # Smaller than CSV chunks: decoding dominates, and more chunks balance the workers
+    chunk_size = chunk_size or get_settings().image_chunk_size
     batch_id = create_batch(source or str(folder.resolve()), "images", model, None)
     digests = {file: file_sha256_or_none(file) for file in files}
     earlier = earlier_items([d for d in digests.values() if d]) if dedupe else {}

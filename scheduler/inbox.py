@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from digits.db import session
 from digits.schema import Batch, Chunk, Item, ItemError
@@ -152,9 +152,13 @@ class Inbox:
         for drop in sorted((self.root / "processing").iterdir()):
             if not drop.is_dir():
                 continue
-            with session() as sess:
+            with session(write=True) as sess:
                 batch_id = sess.scalar(select(Batch.id).where(
                     Batch.source == SOURCE_PREFIX + drop.name))
+                if batch_id is not None and sess.get_one(Batch, batch_id).status == "enqueueing":
+                    # killed half-way through enqueueing (nothing sent yet): start it over
+                    sess.execute(delete(Batch).where(Batch.id == batch_id))
+                    batch_id = None
             if batch_id is not None:
                 self.finish(drop, batch_id)  # committed before the crash: just move + send
                 log.info("reconciled drop %s (batch %s)", drop.name, batch_id)

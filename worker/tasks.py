@@ -22,7 +22,12 @@ def score_chunk(self: Task, chunk_id: int) -> str:
     from worker.chunks import process_chunk
 
     try:
-        return process_chunk(int(chunk_id))
+        chunk_id = int(chunk_id)
+    except (TypeError, ValueError):  # a malformed message: no retry can ever fix it
+        log.error("refused a message whose chunk id is not an integer: %.100r", chunk_id)
+        return "refused"
+    try:
+        return process_chunk(chunk_id)
     except (OperationalError, DBAPIError) as exc:  # database unreachable: wait, then retry
         countdown = min(30, 2 ** min(self.request.retries, 5))
         log.warning("chunk %s: database error, retry in %ss: %s", chunk_id, countdown, exc)

@@ -137,9 +137,13 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_export_since_last_by_hand_concurrent_runs_write_each_batch_once(
     backend: str, worker_factory: type, sample_rows: list[str], tmp_path: Path,
 ) -> None:
-    """A batch exported with `digits export --batch` is recorded (manual) and skipped; then
-    three `digits export --since-last` processes at once: every other batch is exported by
-    exactly one of them (the batch-row lock), and a fourth run finds nothing to do."""
+    """A batch exported with `digits export --batch` is recorded (manual) and skipped; a run
+    waits while another holds a batch's claim and then skips it; three `digits export
+    --since-last` processes at once export every other batch exactly once; a fourth run finds
+    nothing to do."""
+    from digits.schema import Batch
+    from scheduler.export import export_day, export_one
+
     worker = worker_factory(concurrency=1)
     worker.wait_ready()
     batches = [enqueue_csv(write_csv(tmp_path / f"part{i}.csv",
@@ -152,6 +156,20 @@ def test_export_since_last_by_hand_concurrent_runs_write_each_batch_once(
     [manual] = exports()
     assert (manual.batch_id, manual.trigger, manual.rows, manual.path) == (
         batches[-1].batch_id, "manual", 40, str(tmp_path / "by-hand.csv"))
+    # another run holds batch 1's claim (lock on its row): ours must wait, then skip it
+    first = batches[0].batch_id
+    result: dict[str, object] = {}
+    racer = threading.Thread(target=lambda: result.update(
+        done=export_one(first, export_day(), "nightly")))
+    with session(write=True) as sess:
+        sess.get(Batch, first, with_for_update=True)
+        racer.start()
+        racer.join(1.5)
+        assert racer.is_alive()  # blocked on the claim
+        sess.add(Export(batch_id=first, path="written-by-the-other-run", trigger="nightly",
+                        rows=40, sha256="0" * 64))
+    racer.join(60)
+    assert not racer.is_alive() and result == {"done": None}
     procs = [subprocess.Popen([sys.executable, "-m", "digits.cli", "export", "--since-last"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=dict(os.environ)) for _ in range(3)]
@@ -159,9 +177,9 @@ def test_export_since_last_by_hand_concurrent_runs_write_each_batch_once(
     assert all(p.returncode == 0 for p in procs), outputs
     reported = re.findall(r"^batch (\d+): 40/40 rows → (\S+)", "".join(o for o, _ in outputs),
                           re.M)
-    expected = [b.batch_id for b in batches[:-1]]
+    expected = [b.batch_id for b in batches[1:-1]]
     assert sorted(int(b) for b, _ in reported) == expected
-    rows = exports()[1:]
+    rows = exports()[2:]
     assert sorted(r.batch_id for r in rows) == expected
     assert {r.trigger for r in rows} == {"manual"}
     assert sorted(r.path for r in rows) == sorted(path for _, path in reported)

@@ -8,6 +8,7 @@ numbers recorded in docs/RELIABILITY.md.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from sqlalchemy import select
 
 from digits.db import session
 from digits.schema import Chunk, Item, ItemError
-from scheduler.batches import enqueue_csv, enqueue_files, image_files
+from scheduler.batches import Enqueued, enqueue_csv, enqueue_files, image_files
 from scheduler.queue import send_chunks
 from scheduler.runner import wait_for
 from tests.conftest import write_csv
@@ -29,6 +30,7 @@ from tests.faultkit import (
     outcome,
     reload_settings,
     report,
+    rss_kib,
     setup_backend,
     wait_until,
     write_scans,
@@ -266,3 +268,133 @@ def test_postgres_stopped_20s_mid_run_every_batch_completes_exactly_once(
            outage_s=round(times["started"] - times["stopped"], 1),
            recover_s=round(recovered, 1), reclaimed_chunks=figures["reclaimed_chunks"],
            db_error_retries=log.count("database error, retry in"))
+
+
+def test_sqlite_two_worker_processes_never_hit_database_is_locked(
+    home: Path, worker_factory: type, sample_rows: list[str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
+) -> None:
+    """The embedded default under write contention: two `digits worker` processes (two prefork
+    children each) plus the enqueuer and the sweeper all write one SQLite file, 200 small
+    chunks (= 200 claims + 200 result transactions + 200 sends) for 4,000 items. WAL + busy
+    timeout + BEGIN IMMEDIATE: no "database is locked", no retry, every chunk first time."""
+    monkeypatch.setenv("DIGITS_TF_THREADS", "1")
+    setup_backend("embedded", request, monkeypatch)
+    workers = [worker_factory(), worker_factory()]
+    for w in workers:
+        w.wait_ready()
+    [source] = big_csvs(tmp_path / "in", sample_rows, 20, files=1)  # 4,000 rows
+    started = time.monotonic()
+    done = enqueue_csv(source, chunk_size=20)
+    [state] = wait_for([done.batch_id], timeout=240)
+    seconds = time.monotonic() - started
+    logs = "".join(w.log.read_text() for w in workers)
+    for w in workers:
+        w.stop()
+    assert state.status == "done", logs[-3000:]
+    figures = outcome([done.batch_id])
+    assert (figures["lost"], figures["duplicates"], figures["predicted"]) == (0, 0, 4000)
+    locked = logs.lower().count("database is locked")
+    retries = logs.count("retry in")
+    served = [w.log.read_text().count("items scored") for w in workers]
+    assert locked == 0 and retries == 0, logs[-3000:]
+    assert figures["reclaimed_chunks"] == 0  # every chunk done on its first attempt
+    assert min(served) > 0, served  # both processes really wrote
+    report("sqlite-two-workers[embedded]", items=4000, chunks=200, lost=0, duplicates=0,
+           database_is_locked=locked, task_retries=retries, chunks_per_worker=served,
+           seconds=round(seconds, 1))
+
+
+def test_sigterm_mid_batch_is_a_warm_shutdown_and_nothing_waits_for_a_lease(
+    backend: str, worker_factory: type, sample_rows: list[str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGTERM (what `docker stop`, systemd and `digits up` send) while chunks are running:
+    Celery's warm shutdown lets the running chunks finish and commit (acks_late: they are
+    acknowledged only then), and gives back what it had reserved. A new worker finishes the
+    batch at once: far below the 60 s lease, so nothing waited for the sweeper."""
+    monkeypatch.setenv("DIGITS_LEASE_SECONDS", "60")
+    monkeypatch.setenv("DIGITS_TF_THREADS", "1")
+    reload_settings()
+    first = worker_factory()
+    first.wait_ready()
+    [source] = big_csvs(tmp_path / "in", sample_rows, 30, files=1)  # 6,000 rows
+    done = enqueue_csv(source, chunk_size=500)  # 12 chunks
+    wait_mid_run([done.batch_id])
+    with session() as sess:
+        running = set(sess.scalars(select(Chunk.id).where(Chunk.batch_id == done.batch_id,
+                                                          Chunk.state == "running")).all())
+    first.proc.send_signal(signal.SIGTERM)
+    term = time.monotonic()
+    first.proc.wait(60)
+    shutdown = time.monotonic() - term
+    with session() as sess:
+        after = dict(sess.execute(select(Chunk.id, Chunk.state)
+                                  .where(Chunk.batch_id == done.batch_id)).all())
+    finished_in_flight = sum(1 for c in running if after[c] == "done")
+    assert "running" not in after.values(), first.tail()  # nothing left half-done
+    second = worker_factory()
+    restarted = time.monotonic()
+    [state] = wait_for([done.batch_id], timeout=120)
+    recovered = time.monotonic() - restarted
+    assert state.status == "done", second.tail()
+    figures = outcome([done.batch_id])
+    assert (figures["lost"], figures["duplicates"], figures["predicted"]) == (0, 0, 6000)
+    assert recovered < 45, f"finished {recovered:.1f} s after the restart: waited for a lease?"
+    report(f"sigterm-warm-shutdown[{backend}]", lost=0, duplicates=0, items=6000, chunks=12,
+           running_at_sigterm=len(running), finished_in_flight=finished_in_flight,
+           left_queued=list(after.values()).count("queued"),
+           reclaimed_chunks=figures["reclaimed_chunks"], shutdown_s=round(shutdown, 1),
+           restart_to_done_s=round(recovered, 1), sigterm_to_done_s=round(time.monotonic() - term,
+                                                                          1))
+
+
+def test_500_chunks_in_a_row_worker_memory_plateaus(
+    worker_factory: type, sample_rows: list[str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
+) -> None:
+    """500 two-row chunks through one prefork child: its RSS, sampled from /proc, stops
+    growing once the model is loaded (the recycle caps — 2,000 tasks or 4 GB per child —
+    are the backstop for a leak, not what keeps memory flat)."""
+    monkeypatch.setenv("DIGITS_TF_THREADS", "1")
+    setup_backend("services", request, monkeypatch)
+    worker = worker_factory(concurrency=1)
+    worker.wait_ready()
+    [child] = worker.children()
+    [source] = big_csvs(tmp_path / "in", sample_rows, 5, files=1)  # 1,000 rows
+    enqueued: list[Enqueued] = []
+    enqueuer = threading.Thread(target=lambda: enqueued.append(enqueue_csv(source, chunk_size=2)))
+    started = time.monotonic()
+    enqueuer.start()  # the worker scores while the 500 chunks are still being enqueued
+    samples: list[tuple[int, int]] = []  # (chunks done, child RSS KiB)
+    while True:
+        with session() as sess:
+            finished = len(sess.scalars(select(Chunk.id).where(Chunk.state == "done")).all())
+        rss = rss_kib(child)
+        assert rss is not None, f"child {child} is gone: {worker.tail()}"
+        samples.append((finished, rss))
+        if finished == 500:
+            break
+        assert time.monotonic() - started < 200, worker.tail()
+        time.sleep(0.25)
+    seconds = time.monotonic() - started
+    enqueuer.join(30)
+    [done] = enqueued
+    assert done.chunks == 500
+    [state] = wait_for([done.batch_id], timeout=30)
+    assert state.status == "done"
+    assert worker.children() == [child]  # the same child did all 500 (no recycle needed)
+
+    def rss_at(fraction: float) -> int:
+        return next(r for n, r in samples if n >= fraction * 500)
+
+    early, middle, end = rss_at(0.1), rss_at(0.5), samples[-1][1]
+    peak = max(r for _, r in samples)
+    growth_mib = (end - early) / 1024
+    assert growth_mib < 40, samples[::20]
+    figures = outcome([done.batch_id])
+    assert (figures["lost"], figures["duplicates"]) == (0, 0)
+    report("memory-500-chunks[services]", chunks=500, items=1000, seconds=round(seconds, 1),
+           rss_mib_at_10pct=round(early / 1024), rss_mib_at_50pct=round(middle / 1024),
+           rss_mib_at_end=round(end / 1024), rss_mib_peak=round(peak / 1024),
+           growth_10pct_to_end_mib=round(growth_mib, 1), child_recycled=False)
