@@ -43,6 +43,13 @@ def console() -> Any:
     return Console(stderr=True)
 
 
+def stdout_console() -> Any:
+    """Tables for stdout; wide when piped, so `digits status | grep` does not get '…' cells."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
 # ---------------------------------------------------------------- database
 @db_app.command("upgrade")
 def db_upgrade() -> None:
@@ -476,8 +483,7 @@ def status(
         return
     from rich.table import Table
 
-    out = console()
-    out.file = sys.stdout
+    out = stdout_console()
     queue = info["queue"]
     out.print(f"queue: {queue.get('queued', 0)} chunks queued, {queue.get('running', 0)} running; "
               f"workers connected: {len(info['workers'])}")
@@ -531,8 +537,7 @@ def results(
             table.add_row(*("" if r[c] is None else
                             f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c])
                             for c in RESULT_COLUMNS[:11]))
-        out = console()
-        out.file = sys.stdout
+        out = stdout_console()
         out.print(table)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,14 +23,6 @@ class Split:
     x_val: NDArray[np.uint8]
     y_val: NDArray[np.int64]
     val_rows: NDArray[np.int64]  # 0-based data-row indices of train.csv held out
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def validation_rows(n: int, fraction: float = VAL_FRACTION) -> NDArray[np.int64]:

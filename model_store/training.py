@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from model_store.calibration import apply_temperature, expected_calibration_error, fit_temperature
-from model_store.data import SPLIT_SEED, VAL_FRACTION, file_sha256, load_split
-from model_store.registry import ModelVersion, register
+from model_store.data import SPLIT_SEED, VAL_FRACTION, load_split
+from model_store.registry import ModelVersion, register, sha256_file
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -175,7 +175,7 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
         "parameters": int(model.count_params()),
         "input": "28x28x1 float32 in [0, 1], ink bright on dark (MNIST polarity)",
         "output": "10 softmax probabilities",
-        "training_data": {"path": data.name, "sha256": file_sha256(data), "rows": int(
+        "training_data": {"path": data.name, "sha256": sha256_file(data), "rows": int(
             len(split.y_train) + len(split.y_val))},
         "validation_split": {
             "method": f"last {config.val_fraction:.0%} of numpy default_rng({SPLIT_SEED})"

@@ -253,10 +253,10 @@ def test_inbox_content_is_never_executed(
     hostile = {  # names are run through no shell; contents are never executed
         "run.sh": f"#!/bin/sh\n{touch}\n",
         "evil.py": f"import os; os.system({touch!r})\n",
-        "$(touch pwned).png": "text",
-        "`touch pwned`.jpg": "text",
-        "; touch pwned #.png": "text",
-        "-rf .png": "text",
+        "$(touch pwned).png": "text 1",
+        "`touch pwned`.jpg": "text 2",
+        "; touch pwned #.png": "text 3",
+        "-rf .png": "text 4",
         "x.npy": "",
     }
     for name, content in hostile.items():

@@ -28,6 +28,7 @@ from scheduler.work import (
     quarantine,
     record_item_errors,
 )
+from worker.local import pid_alive
 
 log = logging.getLogger("digits.worker")
 HOST = socket.gethostname()
@@ -65,13 +66,7 @@ def owner_alive(owner: str | None) -> bool:
     pid = int(pid_text)
     if pid == os.getpid():
         return False  # our own earlier attempt, which has ended
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def claim(chunk_id: int) -> Claim | None:

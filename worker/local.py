@@ -10,6 +10,17 @@ import time
 from pathlib import Path
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists here (a PermissionError means it does)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def start_workers(concurrency: int, log_file: Path | None = None) -> subprocess.Popen[bytes]:
     """One Celery worker (prefork parent + ``concurrency`` children) as a child process."""
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from digits.settings import get_settings
+from worker.local import pid_alive
 
 log = logging.getLogger("digits.metrics")
 
@@ -90,13 +91,7 @@ def start_time(pid: int) -> str:
 def alive(pid: int, started: str) -> bool:
     if started != "0":
         return start_time(pid) == started
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 GROUP = re.compile(r"^(?P<role>[a-z]+)-(?P<pid>\d+)-(?P<start>\d+)$")

@@ -7,13 +7,17 @@ packages, so two test modules with one basename would not both be collected.)
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -163,3 +167,143 @@ def test_scheduler_killed_half_way_through_enqueueing_a_drop_is_redone(
     assert (figures["lost"], figures["duplicates"], figures["predicted"]) == (0, 0, 5)
     report(f"scheduler-killed-mid-enqueue[{backend}]", files=5, lost=0, duplicates=0,
            partial_batch=partial, batches_after=batch_ids)
+
+
+# ------------------------------------------------------------------------------ bad input
+def encode(img: Any, fmt: str, **kwargs: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A real tiny PNG whose header (and CRC) claims width x height: a decompression bomb."""
+    from PIL import Image
+
+    data = bytearray(encode(Image.new("L", (8, 8), 255), "PNG"))
+    at = data.index(b"IHDR")
+    data[at + 4 : at + 12] = struct.pack(">II", width, height)
+    data[at + 17 : at + 21] = struct.pack(">I", zlib.crc32(bytes(data[at : at + 17])))
+    return bytes(data)
+
+
+def bad_images(good: bytes) -> dict[str, tuple[bytes, str]]:
+    """file name → (content, the reason recorded for it); a reason ending in … is a prefix."""
+    from PIL import Image
+
+    page = Image.open(io.BytesIO(good)).convert("L")
+    jpeg, png = encode(page, "JPEG"), encode(page, "PNG")
+    frames = [page, page.rotate(90), page.rotate(180)]
+    return {
+        "empty.png": (b"", "empty file"),
+        "truncated.jpg": (jpeg[: len(jpeg) // 2], "truncated or corrupt image…"),
+        "truncated.png": (png[: len(png) // 2], "truncated or corrupt image…"),
+        "text.png": (b"just some text renamed to .png\n" * 10, "not an image"),
+        "bomb.png": (png_declaring(100_000, 100_000), "image too large: 100000x100000 pixels"),
+        "layers.psd": (b"8BPS\x00\x01" + b"\x00" * 64, "not an accepted image type: .psd"),
+        "doc.pdf": (b"%PDF-1.4\n", "not an accepted image type: .pdf"),
+        "vector.svg": (b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+                       "not an accepted image type: .svg"),
+        "figure.eps": (b"%!PS-Adobe-3.0 EPSF-3.0\n", "not an accepted image type: .eps"),
+        "psd-inside.png": (b"8BPS\x00\x01" + b"\x00" * 64, "format PSD not accepted"),
+        "pdf-inside.png": (b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n", "format PDF not accepted"),
+        "svg-inside.png": (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>',
+                           "format SVG not accepted"),
+        "eps-inside.jpg": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\n",
+                           "format EPS not accepted"),
+        "anim.gif": (encode(frames[0], "GIF", save_all=True, append_images=frames[1:]),
+                     "multi-frame image (3 frames)"),
+        "pages.tif": (encode(frames[0], "TIFF", save_all=True, append_images=frames[1:2]),
+                      "multi-frame image (2 frames)"),
+        "dot.png": (encode(Image.new("L", (1, 1), 0), "PNG"), "image too small: 1x1 pixels"),
+        "huge.png": (png + b"\x00" * (50 * 2**20), f"file too large: {len(png) + 50 * 2**20} "
+                                                   "bytes"),
+    }
+
+
+HEADER = "label," + ",".join(f"pixel{i}" for i in range(784))
+BAD_ROWS = {  # row text (given a label of 3) → reason
+    ",".join(["0"] * 783): "expected 785 fields, got 784",
+    ",".join(["0"] * 785): "expected 785 fields, got 786",
+    ",".join(["0"] * 783 + ["x"]): "pixel783 is not an integer: 'x'",
+    ",".join(["-1"] + ["0"] * 783): "pixel0 out of range 0–255: -1",
+    ",".join(["0"] * 10 + ["256"] + ["0"] * 773): "pixel10 out of range 0–255: 256",
+    ",".join(["NaN"] + ["0"] * 783): "pixel0 is not an integer: 'NaN'",
+    ",".join([""] + ["0"] * 783): "pixel0 is empty",
+    ",".join(["1.5"] + ["0"] * 783): "pixel0 is not an integer: '1.5'",
+    ",".join(["7" * 100_000] + ["0"] * 783): "row longer than 16384 bytes",
+}
+
+
+def test_bad_inputs_get_a_recorded_reason_and_the_rest_is_scored(
+    backend: str, tmp_path: Path, sample_rows: list[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real CLI, `digits run --json -- -weird dir ü/ -rows.csv …` (names with leading
+    dashes, spaces, unicode), on one folder of good and hostile images and on CSVs bad by
+    row and bad as a whole: every bad file or row gets its reason in the database, every
+    good one its prediction, a CSV that is not a digits CSV fails its batch with a message."""
+    import json
+
+    monkeypatch.setenv("DIGITS_MAX_FILE_BYTES", str(16 * 2**20))
+    monkeypatch.setenv("DIGITS_TF_THREADS", "1")
+    folder = tmp_path / "-weird dir ü"
+    goods = write_scans(tmp_path / "src", sample_rows, 4)
+    names = ["scan 01.png", "ünïcødé 02.png", "-dash 03.png", "--help.png"]
+    folder.mkdir()
+    for name, src in zip(names, goods, strict=True):
+        (folder / name).write_bytes(src.read_bytes())
+    (folder / "again.png").write_bytes(goods[0].read_bytes())  # the same file twice
+    expected = bad_images(goods[0].read_bytes())
+    for name, (content, _) in expected.items():
+        (folder / name).write_bytes(content)
+    good_rows = sample_rows[1:6]
+    lines = [HEADER, *good_rows[:2]]
+    for row in BAD_ROWS:
+        lines.append("3," + row)
+    lines.insert(5, "")  # a blank line between rows
+    lines += [*good_rows[2:], "12," + ",".join(["0"] * 784)]
+    (tmp_path / "-rows.csv").write_text("\n".join(lines) + "\n")
+    whole_file = {
+        "wrong-header.csv": (b"a,b,c\n1,2,3\n", "wrong header"),
+        "binary.csv": (b"\x89PNG\r\n\x1a\n\x00\x00binary\xff\xfe", "not a CSV text file"),
+        "empty.csv": (b"", "empty file: no header line"),
+        "corrupt.csv.gz": (b"\x1f\x8b\x08\x00garbage", "unreadable compressed file"),
+    }
+    for name, (content, _) in whole_file.items():
+        (tmp_path / name).write_bytes(content)
+    started = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-m", "digits.cli", "run", "--json", "--workers", "2", "--timeout",
+         "150", "--", "-weird dir ü/", "-rows.csv", *whole_file],
+        cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ), timeout=200)
+    seconds = time.monotonic() - started
+    assert run.returncode == 1, run.stderr[-3000:]  # exit 1: some items have errors
+    summary = json.loads(run.stdout)
+    with session() as sess:
+        batches = {Path(source).name: (bid, status, error) for bid, source, status, error in
+                   sess.execute(select(Batch.id, Batch.source, Batch.status, Batch.error))}
+        reasons = {(bid, ref): reason for bid, ref, reason in sess.execute(
+            select(Item.batch_id, Item.source_ref, ItemError.reason)
+            .join(ItemError, ItemError.item_id == Item.id))}
+    images_id = batches["-weird dir ü"][0]
+    rows_id = batches["-rows.csv"][0]
+    for name, (_, reason) in expected.items():
+        got = reasons.pop((images_id, name))
+        assert got.startswith(reason[:-1]) if reason.endswith("…") else got == reason, (name, got)
+    csv_reasons = {ref: why for (bid, ref), why in list(reasons.items()) if bid == rows_id}
+    assert sorted(csv_reasons.values()) == sorted(
+        [f"row {n}: {why}" for n, why in zip([3, 4, 6, 7, 8, 9, 10, 11, 12],
+                                             BAD_ROWS.values(), strict=True)]
+        + ["row 5: empty row", "row 16: label out of range 0–9: 12"]), csv_reasons
+    for name, (_, message) in whole_file.items():
+        _, status, error = batches[name]
+        assert status == "failed" and message in (error or ""), (name, status, error)
+    figures = outcome([images_id, rows_id])
+    assert (figures["lost"], figures["duplicates"]) == (0, 0), figures
+    assert figures["predicted"] == 5 + 5  # 5 good scans (one twice), 5 good rows
+    assert summary["items"] == len(expected) + 5 + 16 and summary["errors"] == figures["errors"]
+    assert sorted(summary["failed_batches"]) == sorted(batches[n][0] for n in whole_file)
+    report(f"bad-input-cli[{backend}]", bad_files=len(expected), bad_rows=len(csv_reasons),
+           bad_csv_files=len(whole_file), reasons_recorded=len(expected) + len(csv_reasons)
+           + len(whole_file), good_scored=figures["predicted"], lost=0, duplicates=0,
+           seconds=round(seconds, 1))
