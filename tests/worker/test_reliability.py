@@ -275,15 +275,15 @@ def test_sqlite_two_worker_processes_never_hit_database_is_locked(
     monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
 ) -> None:
     """The embedded default under write contention: two `digits worker` processes (two prefork
-    children each) plus the enqueuer and the sweeper all write one SQLite file, 200 small
-    chunks (= 200 claims + 200 result transactions + 200 sends) for 4,000 items. WAL + busy
+    children each) plus the enqueuer and the sweeper all write one SQLite file, 150 small
+    chunks (= 150 claims + 150 result transactions + 150 sends) for 3,000 items. WAL + busy
     timeout + BEGIN IMMEDIATE: no "database is locked", no retry, every chunk first time."""
     monkeypatch.setenv("DIGITS_TF_THREADS", "1")
     setup_backend("embedded", request, monkeypatch)
     workers = [worker_factory(), worker_factory()]
     for w in workers:
         w.wait_ready()
-    [source] = big_csvs(tmp_path / "in", sample_rows, 20, files=1)  # 4,000 rows
+    [source] = big_csvs(tmp_path / "in", sample_rows, 15, files=1)  # 3,000 rows
     started = time.monotonic()
     done = enqueue_csv(source, chunk_size=20)
     [state] = wait_for([done.batch_id], timeout=240)
@@ -293,14 +293,14 @@ def test_sqlite_two_worker_processes_never_hit_database_is_locked(
         w.stop()
     assert state.status == "done", logs[-3000:]
     figures = outcome([done.batch_id])
-    assert (figures["lost"], figures["duplicates"], figures["predicted"]) == (0, 0, 4000)
+    assert (figures["lost"], figures["duplicates"], figures["predicted"]) == (0, 0, 3000)
     locked = logs.lower().count("database is locked")
     retries = logs.count("retry in")
     served = [w.log.read_text().count("items scored") for w in workers]
     assert locked == 0 and retries == 0, logs[-3000:]
     assert figures["reclaimed_chunks"] == 0  # every chunk done on its first attempt
     assert min(served) > 0, served  # both processes really wrote
-    report("sqlite-two-workers[embedded]", items=4000, chunks=200, lost=0, duplicates=0,
+    report("sqlite-two-workers[embedded]", items=3000, chunks=150, lost=0, duplicates=0,
            database_is_locked=locked, task_retries=retries, chunks_per_worker=served,
            seconds=round(seconds, 1))
 
