@@ -159,7 +159,7 @@ def run_bench(data: Path | None, workers: int = 2, seed_sample: int = 300,
         return {"mode": "images", "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                 "deployment": {"broker": settings.broker.split("://")[0],
                                "database": settings.db_url.split(":")[0], "workers": workers,
-                               "chunk_size": settings.chunk_size},
+                               "chunk_size": settings.image_chunk_size},
                 **image_bench(images, workers, timeout=timeout)}
     source = data or settings.data
     if source is None or not Path(source).is_file():

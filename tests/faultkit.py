@@ -9,7 +9,7 @@ a server are injected into *private* instances started here on free loopback por
   owned by the ``postgres`` OS user (initdb refuses to run as root), trust auth on 127.0.0.1.
 
 :func:`report` prints the measured figures (and appends them as JSON lines to the file named
-by ``DIGITS_RELIABILITY_FIGURES`` when set), which is where docs/RELIABILITY.md's numbers come
+by ``DIGITS_TEST_FIGURES`` when set), which is where docs/RELIABILITY.md's numbers come
 from.
 """
 
@@ -45,7 +45,7 @@ def report(name: str, **figures: Any) -> None:
     """Print one line of figures (visible with ``pytest -s`` / in -rA output) and keep them."""
     line = f"FIGURES {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items())
     print(line)
-    target = os.environ.get("DIGITS_RELIABILITY_FIGURES")
+    target = os.environ.get("DIGITS_TEST_FIGURES")
     if target:
         with open(target, "a") as fh:
             fh.write(json.dumps({"test": name, **figures}) + "\n")
@@ -271,3 +271,11 @@ def setup_backend(kind: str, request: Any, monkeypatch: Any) -> str:
 
     upgrade()
     return kind
+
+
+def discard(*workers: Any) -> None:
+    """SIGKILL test workers whose job is done (a warm shutdown costs 2-6 s per worker and is
+    not what those tests measure; tests/worker/test_reliability.py tests it on its own)."""
+    for worker in workers:
+        if worker.proc.poll() is None:
+            worker.kill_all()

@@ -27,7 +27,7 @@ from digits.schema import Batch, Item, ItemError
 from model_store.registry import resolve_active
 from scheduler.batches import create_batch
 from scheduler.runner import wait_for
-from tests.faultkit import outcome, report, setup_backend, wait_until, write_scans
+from tests.faultkit import discard, outcome, report, setup_backend, wait_until, write_scans
 
 
 @pytest.fixture(params=["embedded", "services"])
@@ -129,6 +129,7 @@ def test_scheduler_killed_right_after_claiming_loses_and_repeats_nothing(
         reasons = dict(sess.execute(select(Item.source_ref, ItemError.reason)
                                     .join(ItemError, ItemError.item_id == Item.id)).all())
     wait_for(batch_ids, timeout=30)
+    discard(worker)
     counts = inbox_items()
     assert counts == {f.name: 1 for f in [*files, text]}, counts  # none lost, none twice
     assert reasons == {"notes.png": "not an image"}
@@ -161,6 +162,7 @@ def test_scheduler_killed_half_way_through_enqueueing_a_drop_is_redone(
     with session() as sess:
         batch_ids = list(sess.scalars(select(Batch.id)).all())
     states = wait_for(batch_ids, timeout=60)
+    discard(worker)
     assert all(s.status == "done" for s in states), [(s.batch_id, s.status) for s in states]
     assert inbox_items() == {f.name: 1 for f in files}
     figures = outcome(batch_ids)

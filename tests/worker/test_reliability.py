@@ -27,6 +27,7 @@ from tests.faultkit import (
     PrivatePostgres,
     PrivateRedis,
     chunk_states,
+    discard,
     outcome,
     reload_settings,
     report,
@@ -121,6 +122,7 @@ def test_poison_chunks_that_hang_or_kill_their_worker_are_quarantined(
             select(Item.source_ref, ItemError.reason).join(ItemError, ItemError.item_id == Item.id)
             .where(Item.batch_id == done.batch_id)).all())
     log = worker.log.read_text()
+    discard(worker)
     assert [c.state for c in chunks] == ["done", "quarantined", "done", "quarantined"], log
     assert [c.attempts for c in chunks] == [1, 2, 1, 2], log
     hang_reason, kill_reason = chunks[1].error or "", chunks[3].error or ""
@@ -160,7 +162,7 @@ def test_redis_restarted_mid_run_every_batch_completes_exactly_once(
     worker_factory: type, sample_rows: list[str], tmp_path: Path, home: Path,
     monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
 ) -> None:
-    """A non-persistent Redis killed mid-run and restarted on the same port 2 s later: every
+    """A non-persistent Redis SIGKILLed mid-run and restarted on the same port 3 s later: every
     message it held is gone. Workers reconnect by themselves; the sweeper (here: inside
     wait_for, as in `digits run`) re-sends chunks whose message is older than the lease."""
     monkeypatch.setenv("DIGITS_LEASE_SECONDS", "5")
@@ -176,7 +178,9 @@ def test_redis_restarted_mid_run_every_batch_completes_exactly_once(
 
     def outage() -> None:  # while the main thread waits, exactly as `digits run` does
         wait_mid_run(batch_ids)
-        before.update(chunk_states(batch_ids[0]))
+        for b in batch_ids:
+            for state, count in chunk_states(b).items():
+                before[state] = before.get(state, 0) + count
         broker.kill()
         times["killed"] = time.monotonic()
         time.sleep(3)
@@ -196,6 +200,9 @@ def test_redis_restarted_mid_run_every_batch_completes_exactly_once(
     assert (figures["lost"], figures["duplicates"]) == (0, 0), figures
     assert figures["predicted"] == 6000
     log = worker.log.read_text()
+    discard(worker)
+    assert before.get("done", 0) < 24 and "Connection to broker lost" in log, log[-3000:]
+    assert log.count("Connected to redis://") >= 2  # it reconnected by itself
     report("redis-restart[services]", lost=0, duplicates=0, items=6000, chunks=24,
            chunks_done_before_kill=before.get("done", 0),
            outage_s=round(restarted - times["killed"], 1),
@@ -243,7 +250,9 @@ def test_postgres_stopped_20s_mid_run_every_batch_completes_exactly_once(
 
     def outage() -> None:
         wait_mid_run(batch_ids)
-        before.update(chunk_states(batch_ids[0]))
+        for b in batch_ids:
+            for state, count in chunk_states(b).items():
+                before[state] = before.get(state, 0) + count
         private_postgres.stop("fast")
         times["stopped"] = time.monotonic()
         time.sleep(20)
@@ -262,7 +271,8 @@ def test_postgres_stopped_20s_mid_run_every_batch_completes_exactly_once(
     assert (figures["lost"], figures["duplicates"]) == (0, 0), figures
     assert figures["predicted"] == 6000
     log = worker.log.read_text()
-    worker.stop()
+    discard(worker)
+    assert before.get("done", 0) < 24 and "database error, retry in" in log, log[-3000:]
     report("postgres-stop-20s[services]", lost=0, duplicates=0, items=6000, chunks=24,
            chunks_done_before_stop=before.get("done", 0),
            outage_s=round(times["started"] - times["stopped"], 1),
@@ -289,14 +299,13 @@ def test_sqlite_two_worker_processes_never_hit_database_is_locked(
     [state] = wait_for([done.batch_id], timeout=240)
     seconds = time.monotonic() - started
     logs = "".join(w.log.read_text() for w in workers)
-    for w in workers:
-        w.stop()
+    served = [w.log.read_text().count("items scored") for w in workers]
+    discard(*workers)
     assert state.status == "done", logs[-3000:]
     figures = outcome([done.batch_id])
     assert (figures["lost"], figures["duplicates"], figures["predicted"]) == (0, 0, 3000)
     locked = logs.lower().count("database is locked")
     retries = logs.count("retry in")
-    served = [w.log.read_text().count("items scored") for w in workers]
     assert locked == 0 and retries == 0, logs[-3000:]
     assert figures["reclaimed_chunks"] == 0  # every chunk done on its first attempt
     assert min(served) > 0, served  # both processes really wrote
@@ -337,6 +346,7 @@ def test_sigterm_mid_batch_is_a_warm_shutdown_and_nothing_waits_for_a_lease(
     restarted = time.monotonic()
     [state] = wait_for([done.batch_id], timeout=120)
     recovered = time.monotonic() - restarted
+    discard(second)
     assert state.status == "done", second.tail()
     figures = outcome([done.batch_id])
     assert (figures["lost"], figures["duplicates"], figures["predicted"]) == (0, 0, 6000)
@@ -384,6 +394,7 @@ def test_500_chunks_in_a_row_worker_memory_plateaus(
     [state] = wait_for([done.batch_id], timeout=30)
     assert state.status == "done"
     assert worker.children() == [child]  # the same child did all 500 (no recycle needed)
+    discard(worker)
 
     def rss_at(fraction: float) -> int:
         return next(r for n, r in samples if n >= fraction * 500)
