@@ -143,13 +143,13 @@ def read_images(found: Claim, rows: list[tuple[int, str | None]]) -> Inputs:
     from worker.preprocess import stack
 
     settings = get_settings()
-    roots = [Path(found.source), settings.inbox_dir]
+    roots = [Path(found.source).resolve(), settings.inbox_dir.resolve()]  # once per chunk
     ids: list[int] = []
     tensors: list[NDArray[np.float32]] = []
     errors: list[tuple[int, str]] = []
     for item_id, raw in rows:
-        path = Path(raw or "")
-        if not raw or not any(inside(path, root) for root in roots):
+        path = Path(os.path.realpath(raw or "."))
+        if not raw or not any(path.is_relative_to(root) for root in roots):
             errors.append((item_id, "file path outside the batch's folders"))
             continue
         try:

@@ -187,27 +187,37 @@ def test_redis_restarted_mid_run_every_batch_completes_exactly_once(
         broker.start()
         times["restarted"] = time.monotonic()
 
+    workers = [worker]
+
+    def supervise() -> None:
+        """What `digits run`, `digits up` and compose's `restart: unless-stopped` do: start
+        a worker again if it exited (kombu can kill the worker on a Redis connection loss:
+        'Unrecoverable error: AttributeError(... 'hostname')', see docs/RELIABILITY.md)."""
+        if workers[-1].proc.poll() is not None:
+            workers.append(worker_factory())
+
     breaker = threading.Thread(target=outage)
     breaker.start()
     try:
-        states = wait_for(batch_ids, timeout=150)
+        states = wait_for(batch_ids, timeout=150, keep_alive=supervise)
     finally:
         breaker.join(60)
     restarted = times["restarted"]
     recovered = time.monotonic() - restarted
-    assert all(s.status == "done" for s in states), worker.tail()
+    log = "".join(w.log.read_text() for w in workers)
+    discard(*workers)
+    assert all(s.status == "done" for s in states), log[-3000:]
     figures = outcome(batch_ids)
     assert (figures["lost"], figures["duplicates"]) == (0, 0), figures
     assert figures["predicted"] == 6000
-    log = worker.log.read_text()
-    discard(worker)
     assert before.get("done", 0) < 24 and "Connection to broker lost" in log, log[-3000:]
-    assert log.count("Connected to redis://") >= 2  # it reconnected by itself
+    # it reconnected by itself, or (kombu's crash) its replacement connected
+    assert log.count("Connected to redis://") >= 2
     report("redis-restart[services]", lost=0, duplicates=0, items=6000, chunks=24,
            chunks_done_before_kill=before.get("done", 0),
            outage_s=round(restarted - times["killed"], 1),
            recover_s=round(recovered, 1), reclaimed_chunks=figures["reclaimed_chunks"],
-           reconnects=log.count("Connected to redis://"))
+           reconnects=log.count("Connected to redis://"), worker_crashed=len(workers) - 1)
 
 
 @pytest.fixture
