@@ -632,6 +632,20 @@ def bench(
 
 
 def main() -> None:
+    """Entry point: settings are checked first, so a bad DIGITS_* value is one clear line."""
+    from pydantic import ValidationError
+
+    from digits.settings import get_settings
+
+    try:
+        get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"DIGITS_{'_'.join(str(p) for p in e['loc']).upper() or 'SETTINGS'}: {e['msg']}"
+            for e in exc.errors()
+        )
+        typer.secho(f"error: invalid settings: {problems}", fg="red", err=True)
+        raise SystemExit(2) from None
     app()
 
 

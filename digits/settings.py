@@ -11,7 +11,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="Claims of a chunk before it is quarantined.")
     sweep_seconds: float = Field(5.0, gt=0, description="How often expired leases are swept.")
     visibility_timeout: int = Field(300, ge=10, description="Redis redelivery of unacked tasks.")
-    task_time_limit: int = Field(240, ge=5, description="Hard limit for one chunk (< visibility).")
+    task_time_limit: int = Field(
+        50, ge=5, description="Hard limit for one chunk: below the lease and the visibility."
+    )
     workers: int = Field(2, ge=1, description="Worker processes started by `digits run`/`up`.")
     tf_threads: int = Field(0, ge=0, description="TensorFlow threads per worker process; 0 = auto.")
     confidence_threshold: float = Field(0.9, ge=0, le=1, description="Below this: needs review.")
@@ -50,6 +52,18 @@ class Settings(BaseSettings):
         None, gt=0, description="Run the export every N seconds instead (tests, demos)."
     )
     metrics_port: int | None = Field(None, description="Serve Prometheus metrics on this port.")
+
+    @model_validator(mode="after")
+    def _timeouts_nest(self) -> Settings:
+        """Redis must never hand a live task to a second worker: the hard time limit kills a
+        chunk before its visibility timeout. (Keep the lease above the time limit too, as the
+        defaults do; tests shorten leases on purpose to make recovery fast.)"""
+        if not self.task_time_limit < self.visibility_timeout:
+            raise ValueError(
+                "DIGITS_TASK_TIME_LIMIT must be below DIGITS_VISIBILITY_TIMEOUT; got "
+                f"{self.task_time_limit} and {self.visibility_timeout}"
+            )
+        return self
 
     @property
     def db_url(self) -> str:

@@ -29,8 +29,16 @@ from sqlalchemy import select, update
 
 from digits.db import session
 from digits.schema import Chunk, Item, ItemError, Prediction
-from model_store.registry import default_version, register
-from scheduler.batches import add_chunk, create_batch, enqueue_csv, enqueue_files, image_files
+from model_store.registry import default_version, register, resolve_active
+from scheduler.batches import (
+    add_chunk,
+    create_batch,
+    enqueue_csv,
+    enqueue_files,
+    finish_enqueue,
+    image_files,
+    stage,
+)
 from scheduler.runner import wait_for
 from tests.conftest import write_csv
 from tests.faultkit import (
@@ -65,9 +73,6 @@ class Payload:
 
 def unsent_chunk(sample_rows: list[str], tmp_path: Path) -> int:
     """A real queued CSV chunk whose message was never sent (only an attacker will send one)."""
-    from model_store.registry import resolve_active
-    from scheduler.batches import stage
-
     batch_id = create_batch(str(tmp_path / "x.csv"), "csv", resolve_active(), None)
     pixels = np.array([[int(v) for v in row.split(",")[1:]] for row in sample_rows[1:11]],
                       dtype=np.uint8)
@@ -75,8 +80,6 @@ def unsent_chunk(sample_rows: list[str], tmp_path: Path) -> int:
     chunk_id = add_chunk(batch_id, 1, ref, [{"position": i, "source_ref": f"x.csv:{i}"}
                                             for i in range(1, 11)], [])
     assert chunk_id is not None
-    from scheduler.batches import finish_enqueue
-
     finish_enqueue(batch_id, 10, 0, 1)
     return chunk_id
 

@@ -136,8 +136,10 @@ def test_scheduler_killed_right_after_claiming_loses_and_repeats_nothing(
     figures = outcome(batch_ids)
     assert (figures["lost"], figures["duplicates"], figures["predicted"]) == (0, 0, 8)
     assert not any(processing.iterdir())
-    processed = sorted(p.name for p in (inbox / "processed").rglob("*") if p.is_file())
-    assert processed == sorted(f.name for f in files) or len(processed) >= 8
+    kept = [p.name for p in (inbox / "processed").rglob("*") if p.is_file()]
+    kept += [p.name.split("-", 1)[1] for p in (inbox / "failed").rglob("*")
+             if p.is_file() and not p.name.endswith(".reason.txt")]  # "<item id>-<name>"
+    assert sorted(kept) == sorted(f.name for f in [*files, text])  # every file kept once
     report(f"scheduler-killed-after-claim[{backend}]", files=9, lost=0, duplicates=0,
            items_per_file=1, batches_committed_at_kill=committed, drops_left=len(left),
            recover_s=round(recovered, 1))
