@@ -133,7 +133,8 @@ class Inbox:
         done = enqueue_files(drop, files, source=SOURCE_PREFIX + drop.name, final_root=final,
                              dedupe=True, send=False)
         self.finish(drop, done.batch_id)
-        log.info("inbox drop %s → batch %s (%s items)", drop.name, done.batch_id, done.items)
+        log.info("event=drop_enqueued drop=%s batch_id=%s items=%s", drop.name, done.batch_id,
+                 done.items)
         return Ingested(drop.name, done.batch_id, done.items)
 
     def finish(self, drop: Path, batch_id: int) -> None:

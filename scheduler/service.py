@@ -87,8 +87,7 @@ def run_scheduler(stop: threading.Event, beat: bool = True) -> None:
     try:
         while not stop.is_set():
             try:
-                for done in inbox.scan():
-                    log.info("drop %s → batch %s (%s items)", done.drop, done.batch_id, done.items)
+                inbox.scan()  # logs event=drop_enqueued per batch
                 if time.monotonic() >= next_sweep:
                     sweep()
                     inbox.file_failures()

@@ -83,7 +83,8 @@ def claim(chunk_id: int) -> Claim | None:
         if chunk.attempts >= settings.max_attempts:
             last = chunk.error or "its worker died every time (poison input?)"
             quarantine(sess, chunk, f"failed {chunk.attempts} attempts; last: {last}")
-            log.warning("chunk %s quarantined after %s attempts", chunk_id, chunk.attempts)
+            log.warning("event=chunk_quarantined batch_id=%s chunk_id=%s attempts=%s",
+                        chunk.batch_id, chunk_id, chunk.attempts)
             return None
         batch = sess.get_one(Batch, chunk.batch_id)
         chunk.state = "running"
@@ -216,8 +217,13 @@ def process_chunk(chunk_id: int) -> str:
         except Exception:  # the database may be the problem: the lease will expire instead
             log.exception("could not release chunk %s", chunk_id)
         raise
-    log.info("chunk %s batch %s: %s items scored, %s errors (attempt %s)", chunk_id,
-             found.batch_id, len(inputs.item_ids), len(inputs.errors), found.attempt)
+    # key=value lines: grep-able and parseable by any log shipper, with the ids to join on
+    log.info("event=chunk_done batch_id=%s chunk_id=%s items=%s errors=%s attempt=%s "
+             "model_version=%s written=%s", found.batch_id, chunk_id, len(inputs.item_ids),
+             len(inputs.errors), found.attempt, found.model_version, written)
+    for item_id, reason in inputs.errors[:50]:
+        log.info("event=item_error batch_id=%s chunk_id=%s item_id=%s reason=%r",
+                 found.batch_id, chunk_id, item_id, reason)
     if written:  # after the commit; metrics never fail a chunk (see worker/metrics.py)
         from worker.metrics import record_chunk
 

@@ -309,7 +309,7 @@ def test_sqlite_two_worker_processes_never_hit_database_is_locked(
     [state] = wait_for([done.batch_id], timeout=240)
     seconds = time.monotonic() - started
     logs = "".join(w.log.read_text() for w in workers)
-    served = [w.log.read_text().count("items scored") for w in workers]
+    served = [w.log.read_text().count("event=chunk_done") for w in workers]
     discard(*workers)
     assert state.status == "done", logs[-3000:]
     figures = outcome([done.batch_id])
