@@ -109,13 +109,16 @@ class _ProgressCallback:
         self.callback = Callback()
 
 
-def evaluate(probs: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, Any]:
-    """Accuracy, per-class accuracy, confusion matrix and ECE before/after scaling."""
+def evaluate(probs: np.ndarray, labels: np.ndarray, temperature: float,
+             threshold: float = 0.9) -> dict[str, Any]:
+    """Accuracy, per-class accuracy, confusion matrix, ECE before/after scaling, and what the
+    review threshold buys: the share of items above it (coverage) and their accuracy."""
     predicted = probs.argmax(axis=1)
     confusion = np.zeros((10, 10), dtype=int)
     np.add.at(confusion, (labels, predicted), 1)
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
     scaled = apply_temperature(probs, temperature)
+    confident = scaled.max(axis=1) >= threshold
     return {
         "accuracy": float((predicted == labels).mean()),
         "errors": int((predicted != labels).sum()),
@@ -124,6 +127,12 @@ def evaluate(probs: np.ndarray, labels: np.ndarray, temperature: float) -> dict[
         "confusion_matrix": confusion.tolist(),
         "ece_before": round(expected_calibration_error(probs, labels), 5),
         "ece_after": round(expected_calibration_error(scaled, labels), 5),
+        "review_threshold": {
+            "threshold": threshold,
+            "coverage": round(float(confident.mean()), 5),
+            "accuracy_above": round(float((predicted[confident] == labels[confident]).mean()), 5)
+            if confident.any() else None,
+        },
     }
 
 
@@ -167,7 +176,9 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
     )
     probs = model.predict(x_val, batch_size=1000, verbose=0)
     temperature = fit_temperature(probs, split.y_val)
-    metrics = evaluate(probs, split.y_val, temperature)
+    from digits.settings import get_settings
+
+    metrics = evaluate(probs, split.y_val, temperature, get_settings().confidence_threshold)
     wall = time.monotonic() - started
 
     card: dict[str, Any] = {
