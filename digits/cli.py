@@ -76,10 +76,18 @@ def db_check() -> None:
 @app.command()
 def train(
     data: Annotated[Path | None, typer.Option(help="Labelled Kaggle CSV (.csv/.csv.gz).")] = None,
-    arch: Annotated[str, typer.Option(help="mlp (the origin's 784-400-10) or cnn.")] = "cnn",
-    epochs: Annotated[int | None, typer.Option(help="Epochs (default: mlp 10, cnn 30).")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    max_minutes: Annotated[float, typer.Option(help="Stop after this wall time.")] = 55.0,
+    arch: Annotated[str, typer.Option(
+        help="cnn-lite (the bundled model's members), cnn (version 1) or mlp (the origin's "
+        "784-400-10).")] = "cnn-lite",
+    epochs: Annotated[int | None, typer.Option(
+        help="Epochs per member (default: mlp 10, CNNs 30).", min=1)] = None,
+    ensemble: Annotated[int, typer.Option(
+        help="Train K members and average them into one version.", min=1)] = 1,
+    jobs: Annotated[int, typer.Option(
+        help="Members trained side by side in child processes (0: one per core).", min=0)] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed (member i uses seed + 1000 i).")] = 0,
+    max_minutes: Annotated[float, typer.Option(
+        help="Time bound: no epoch or member starts that cannot end by then.")] = 55.0,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a model on a labelled CSV and register it as a new immutable version."""
@@ -90,8 +98,10 @@ def train(
         raise fail("no training data: pass --data PATH or set DIGITS_DATA")
     if not source.is_file():
         raise fail(f"{source}: no such file")
-    if arch not in ("mlp", "cnn"):
-        raise fail(f"unknown architecture {arch!r}: choose mlp or cnn")
+    if arch not in ("mlp", "cnn", "cnn-lite"):
+        raise fail(f"unknown architecture {arch!r}: choose cnn-lite, cnn or mlp")
+    if ensemble > 1 and arch == "mlp":
+        raise fail("--ensemble needs a CNN architecture (cnn-lite or cnn)")
     from rich.progress import (
         BarColumn,
         Progress,
@@ -104,7 +114,8 @@ def train(
     from model_store.training import train as run_training
     from scheduler.csv_input import CsvFileError
 
-    config = TrainConfig(arch=arch, epochs=epochs, seed=seed, max_minutes=max_minutes)
+    config = TrainConfig(arch=arch, epochs=epochs, seed=seed, max_minutes=max_minutes,
+                         ensemble=ensemble, jobs=jobs)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console(), disable=quiet) as bar:
         task = bar.add_task(f"training {arch}", total=None)
@@ -118,8 +129,9 @@ def train(
             raise fail(str(exc)) from exc
     card = version.card
     typer.echo(
-        f"registered model version {version.version} ({arch}): validation accuracy "
-        f"{card['validation']['accuracy']:.4%} on {card['validation']['count']} held-out rows, "
+        f"registered model version {version.version} ({card['architecture']}): validation "
+        f"accuracy {card['validation']['accuracy']:.4%} on {card['validation']['count']} "
+        f"held-out rows ({card['scan_validation']['accuracy']:.4%} as scans), "
         f"{card['training']['wall_seconds']:.0f} s, at {version.path}"
     )
 

@@ -35,6 +35,43 @@ def test_train_registers_a_version_with_its_card(home: Path) -> None:
     assert [v["version"] for v in json.loads(listed.stdout)] == [1, 2]
 
 
+def test_train_ensemble_is_one_safely_loadable_version(home: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "cnn-lite",
+         "--ensemble", "2", "--epochs", "1", "--quiet"],
+        capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(ensemble of 2 cnn-lite)" in result.stdout
+    from model_store.loading import load
+    from model_store.registry import get_version
+
+    version = get_version(2)
+    card = version.card
+    assert [m["seed"] for m in card["training"]["members"]] == [0, 1000]
+    assert all(m["epochs_run"] == 1 for m in card["training"]["members"])
+    # Calibration saw the clean held-out rows and the same rows rendered as scans.
+    scans = card["scan_validation"]
+    assert scans["count"] + scans["refused"] == 20
+    assert card["calibration"]["fitted_on_rows"] == 20 + scans["count"]
+    model = load(version)  # hash checked, safe_mode on: nested members + Average only
+    assert [layer.name for layer in model.layers[1:]] == ["member_1", "member_2", "probabilities"]
+    probs = model.predict(np.zeros((3, 28, 28, 1), np.float32), verbose=0)
+    assert probs.shape == (3, 10) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--arch", "mlp", "--ensemble", "2"], "--ensemble needs a CNN"),
+    (["--arch", "resnet"], "unknown architecture 'resnet'"),
+    (["--ensemble", "0"], "Invalid value for '--ensemble'"),
+])
+def test_train_refuses_bad_options(home: Path, args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), *args],
+        capture_output=True, text=True, env=dict(os.environ), timeout=60)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize(("threshold", "coverage"), [(0.0, 1.0), (0.95, 0.5), (1.01, 0.0)])
 def test_review_threshold_reports_coverage_and_accuracy(threshold: float,
                                                         coverage: float) -> None:
