@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -116,16 +117,21 @@ def train(
 
     config = TrainConfig(arch=arch, epochs=epochs, seed=seed, max_minutes=max_minutes,
                          ensemble=ensemble, jobs=jobs)
+    err = console()
+    started = time.monotonic()
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console(), disable=quiet) as bar:
+                  TimeRemainingColumn(), console=err, disable=quiet) as bar:
         task = bar.add_task(f"training {arch}", total=None)
 
         def progress(done: int, total: int, label: str) -> None:
             bar.update(task, completed=done, total=total, description=f"{arch} {label}")
+            if label and not quiet and not err.is_terminal:  # a log file gets a line per epoch
+                print(f"[{time.monotonic() - started:7.0f} s] {done}/{total} steps  {label}",
+                      file=sys.stderr, flush=True)
 
         try:
             version = run_training(source, config, progress)
-        except CsvFileError as exc:
+        except (CsvFileError, TimeoutError, ValueError) as exc:
             raise fail(str(exc)) from exc
     card = version.card
     typer.echo(

@@ -10,6 +10,7 @@ import os
 import platform
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -177,6 +178,8 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
     config = job.config
     if time.time() > job.deadline:
         return None
+    # The dataset is shuffled by tf.data itself; Keras warns that its own flag is unused.
+    warnings.filterwarnings("ignore", message=".*shuffle=True.*was passed")
     started = time.time()
     seed = config.member_seed(job.index)
     keras.utils.set_random_seed(seed)

@@ -11,19 +11,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model_store.registry import list_versions
 from model_store.training import evaluate
 from tests.conftest import SAMPLE
 
 
 def test_train_registers_a_version_with_its_card(home: Path) -> None:
+    bundled = [v.version for v in list_versions()]
+    new = bundled[-1] + 1
     result = subprocess.run(
         [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "mlp",
          "--epochs", "2", "--quiet"],
         capture_output=True, text=True, env=dict(os.environ), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "registered model version 2 (mlp)" in result.stdout
-    card = json.loads((home / "models" / "v2" / "card.json").read_text())
-    assert card["architecture"] == "mlp" and card["version"] == 2
+    assert f"registered model version {new} (mlp)" in result.stdout
+    card = json.loads((home / "models" / f"v{new}" / "card.json").read_text())
+    assert card["architecture"] == "mlp" and card["version"] == new
     assert card["validation"]["count"] == 20 and card["validation_split"]["train_rows"] == 180
     assert len(card["validation"]["per_class_accuracy"]) == 10
     assert len(card["validation"]["confusion_matrix"]) == 10
@@ -32,10 +35,11 @@ def test_train_registers_a_version_with_its_card(home: Path) -> None:
     assert 0 <= card["validation"]["review_threshold"]["coverage"] <= 1
     listed = subprocess.run([sys.executable, "-m", "digits.cli", "models", "list", "--json"],
                             capture_output=True, text=True, env=dict(os.environ), timeout=60)
-    assert [v["version"] for v in json.loads(listed.stdout)] == [1, 2]
+    assert [v["version"] for v in json.loads(listed.stdout)] == [*bundled, new]
 
 
 def test_train_ensemble_is_one_safely_loadable_version(home: Path) -> None:
+    new = list_versions()[-1].version + 1
     result = subprocess.run(
         [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "cnn-lite",
          "--ensemble", "2", "--epochs", "1", "--quiet"],
@@ -45,7 +49,7 @@ def test_train_ensemble_is_one_safely_loadable_version(home: Path) -> None:
     from model_store.loading import load
     from model_store.registry import get_version
 
-    version = get_version(2)
+    version = get_version(new)
     card = version.card
     assert [m["seed"] for m in card["training"]["members"]] == [0, 1000]
     assert all(m["epochs_run"] == 1 for m in card["training"]["members"])

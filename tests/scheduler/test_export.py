@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from digits.db import session
 from digits.schema import Export
+from model_store.registry import default_version
 from scheduler.batches import enqueue_csv, enqueue_files, image_files
 from scheduler.runner import wait_for
 from tests.conftest import write_csv
@@ -63,7 +64,8 @@ def check_export_folder(row: Export, items: int, labelled: int, errors: int) -> 
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["batch_id"] == row.batch_id
     assert manifest["counts"] == {"items": items, "labelled": labelled, "errors": errors}
-    assert manifest["submission_sha256"] == row.sha256 and manifest["model_version"] == 1
+    assert manifest["submission_sha256"] == row.sha256
+    assert manifest["model_version"] == default_version().version
     assert len(manifest["model_sha256"]) == 64 and manifest["partial"] is bool(errors)
     assert len(manifest["errors"]) == errors
     assert set(ids).isdisjoint(e["image_id"] for e in manifest["errors"])

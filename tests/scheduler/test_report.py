@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from model_store.registry import default_version
 from scheduler.batches import enqueue_csv, enqueue_files, image_files
 from scheduler.report import (
     Row,
@@ -95,7 +96,7 @@ def test_report_renders_valid_pngs_and_html(backend: str, kind: str, worker_fact
     assert {"html", "head", "body", "table", "img"} <= set(page.tags)
     assert sorted(page.images) == sorted(expected)
     text = " ".join(page.text)
-    assert f"Batch {done.batch_id}" in text and "v1" in text
+    assert f"Batch {done.batch_id}" in text and f"v{default_version().version}" in text
     if kind == "csv":
         assert "row 5: expected 785 fields, got 3" in text and "% on 60 labelled items" in text
     else:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model_store.registry import default_version
 from scheduler.batches import enqueue_csv, enqueue_files, image_files
 from scheduler.runner import wait_for
 from tests.conftest import write_csv
@@ -105,7 +106,8 @@ def test_worker_serves_metrics_after_scoring_a_batch(
     assert total(samples, "digits_items_scored_total", kind="csv") == 120  # the batch size
     assert total(samples, "digits_items_scored_total", kind="images") == 3
     assert total(samples, "digits_item_errors_total", reason="not_an_image") == 1
-    assert total(samples, "digits_model_version_in_use", version="1") == 1
+    in_use = str(default_version().version)
+    assert total(samples, "digits_model_version_in_use", version=in_use) == 1
     assert total(samples, "digits_prediction_confidence_count") == 123
     assert total(samples, "digits_prediction_confidence_bucket", le="+Inf") == 123
     assert 0 < total(samples, "digits_prediction_confidence_sum") <= 123
