@@ -7,6 +7,7 @@ Heavy imports (TensorFlow, Celery, Alembic) happen inside the commands that need
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -116,7 +117,8 @@ def train(
     from scheduler.csv_input import CsvFileError
 
     config = TrainConfig(arch=arch, epochs=epochs, seed=seed, max_minutes=max_minutes,
-                         ensemble=ensemble, jobs=jobs)
+                         ensemble=ensemble, jobs=jobs,
+                         command=shlex.join(["digits", *sys.argv[1:]]))
     err = console()
     started = time.monotonic()
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
@@ -214,6 +216,16 @@ def models_show(
     if per_class:
         lines.append("  per-class acc.    " + "  ".join(
             f"{digit}: {_percent(acc)}" for digit, acc in enumerate(per_class)))
+    scans = card.get("scan_validation")
+    if scans:
+        lines.append(f"  as scans          accuracy {_percent(scans.get('accuracy'))} on "
+                     f"{scans.get('count', '?')} rendered rows ({scans.get('refused', 0)} refused)"
+                     f"; ECE {scans.get('ece_before', 0):.4f} → {scans.get('ece_after', 0):.4f}")
+    review = val.get("review_threshold")
+    if review:
+        lines.append(f"  review threshold  {review['threshold']}: coverage "
+                     f"{_percent(review.get('coverage'))}, accuracy above it "
+                     f"{_percent(review.get('accuracy_above'))}")
     if cal:
         ece = ""
         if "ece_before" in val and "ece_after" in val:
@@ -226,6 +238,10 @@ def models_show(
             f" epochs, batch {train.get('batch_size', '?')}, {train.get('optimizer', '?')}, "
             f"seed {train.get('seed', '?')}, {train.get('wall_seconds', '?')} s on "
             f"{train.get('machine', '?')}, keras {train.get('keras', '?')}")
+    for member in train.get("members", []) if len(train.get("members", [])) > 1 else []:
+        lines.append(f"    member {member['member']}        seed {member['seed']}, "
+                     f"{member['epochs_run']} epochs, {member['wall_seconds']} s, validation "
+                     f"{_percent(member['validation_accuracy'])}")
     if data:
         lines.append(f"  training data     {data.get('path', '?')} ({data.get('rows', '?')} rows, "
                      f"sha256 {str(data.get('sha256', '?'))[:16]}…)")

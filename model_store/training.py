@@ -46,6 +46,7 @@ class TrainConfig:
         return self.augment if self.augment is not None else self.arch != "mlp"
 
     jobs: int = 0  # members trained side by side; 0: one per core, at most one per member
+    command: str | None = None  # the command line that asked for this, kept in the card
 
     def resolved_jobs(self) -> int:
         if self.ensemble == 1:
@@ -358,6 +359,8 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
         },
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if config.command:
+        card["command"] = config.command
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
         model.save(path)

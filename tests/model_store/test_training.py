@@ -27,6 +27,7 @@ def test_train_registers_a_version_with_its_card(home: Path) -> None:
     assert f"registered model version {new} (mlp)" in result.stdout
     card = json.loads((home / "models" / f"v{new}" / "card.json").read_text())
     assert card["architecture"] == "mlp" and card["version"] == new
+    assert card["command"] == f"digits train --data {SAMPLE} --arch mlp --epochs 2 --quiet"
     assert card["validation"]["count"] == 20 and card["validation_split"]["train_rows"] == 180
     assert len(card["validation"]["per_class_accuracy"]) == 10
     assert len(card["validation"]["confusion_matrix"]) == 10
