@@ -10,6 +10,7 @@ import json
 import shlex
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -312,6 +313,48 @@ def models_rollback(alias: AliasOpt = "production") -> None:
         typer.echo(f"{alias} already points at v{change.to_version}: nothing to roll back")
         return
     typer.echo(f"{alias}: v{change.from_version} → v{change.to_version} (rollback)")
+
+
+@models_app.command("evaluate")
+def models_evaluate(
+    version: Annotated[int, typer.Argument(help="Model version number.")],
+    data: Annotated[Path | None, typer.Option(
+        help="The labelled CSV it trained on (default: DIGITS_DATA).")] = None,
+    scans: Annotated[bool, typer.Option(
+        help="Also render the held-out rows as scans and score those.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-measure a version on the fixed held-out rows: accuracy, errors, ECE, review coverage."""
+    from digits.settings import get_settings
+
+    source = data or get_settings().data
+    if source is None:
+        raise fail("no data: pass --data PATH or set DIGITS_DATA")
+    if not source.is_file():
+        raise fail(f"{source}: no such file")
+    from model_store.registry import ModelError, get_version
+    from model_store.training import measure
+    from scheduler.csv_input import CsvFileError
+
+    try:
+        with console().status(f"scoring v{version} on the held-out rows of {source.name}"
+                              + (", then as rendered scans" if scans else ""),
+                              spinner="dots") if not as_json else nullcontext():
+            result = measure(get_version(version), source, scans)
+    except (ModelError, CsvFileError) as exc:
+        raise fail(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    for name in ("clean", "scans"):
+        if name in result:
+            m = result[name]
+            review = m["review_threshold"]
+            typer.echo(
+                f"v{version} {name:<5} {m['accuracy']:.4%} ({m['errors']} errors / {m['count']})"
+                f", ECE {m['ece_before']:.4f} → {m['ece_after']:.4f}; at {review['threshold']}: "
+                f"coverage {_percent(review['coverage'])}, accuracy "
+                f"{_percent(review['accuracy_above'])}")
 
 
 @models_app.command("history")

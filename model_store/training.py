@@ -390,3 +390,25 @@ def scan_like_validation(
     if not tensors:
         return np.zeros((0, 28, 28, 1), np.float32), labels[:0], refused
     return np.stack(tensors).astype(np.float32), labels[kept], refused
+
+
+def measure(version: ModelVersion, data: Path, scans: bool = True) -> dict[str, Any]:
+    """Re-measure a registered version on the fixed held-out rows of ``data`` (clean, and
+    rendered as scans), with the same evaluation its card was written with."""
+    from digits.settings import get_settings
+    from model_store.loading import load
+
+    split = load_split(data)
+    model = load(version)
+    threshold = get_settings().confidence_threshold
+    x_val = split.x_val.reshape(-1, 28, 28, 1).astype("float32") / 255.0
+    probs = model.predict(x_val, batch_size=1000, verbose=0)
+    result: dict[str, Any] = {"version": version.version, "rows": len(split.y_val),
+                              "clean": evaluate(probs, split.y_val, version.temperature,
+                                                threshold)}
+    if scans:
+        tensors, labels, refused = scan_like_validation(split.x_val, split.y_val)
+        scan_probs = model.predict(tensors, batch_size=1000, verbose=0)
+        result["scans"] = {"refused": refused, **evaluate(scan_probs, labels,
+                                                          version.temperature, threshold)}
+    return result

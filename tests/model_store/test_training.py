@@ -64,6 +64,23 @@ def test_train_ensemble_is_one_safely_loadable_version(home: Path) -> None:
     assert probs.shape == (3, 10) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_models_evaluate_re_measures_a_version_on_the_held_out_rows(home: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "digits.cli", "models", "evaluate", "1", "--data", str(SAMPLE),
+         "--json"], capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = json.loads(result.stdout)
+    clean, scans = measured["clean"], measured["scans"]
+    assert measured["version"] == 1 and clean["count"] == measured["rows"] == 20
+    assert clean["errors"] == round((1 - clean["accuracy"]) * 20)
+    assert scans["count"] + scans["refused"] == 20
+    assert 0 <= scans["review_threshold"]["coverage"] <= 1
+    missing = subprocess.run(
+        [sys.executable, "-m", "digits.cli", "models", "evaluate", "99", "--data", str(SAMPLE)],
+        capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert missing.returncode != 0 and "model version 99 does not exist" in missing.stderr
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--arch", "mlp", "--ensemble", "2"], "--ensemble needs a CNN"),
     (["--arch", "resnet"], "unknown architecture 'resnet'"),
