@@ -53,8 +53,7 @@ def warm(model: Any) -> Any:
     Keras traces ``predict_on_batch`` for the first batch size it sees, again for the second,
     and then switches to a shape-relaxed function that serves every size. Paying both traces
     at load time (several times longer for the 6-member ensemble than for one CNN) keeps them
-    out of the latency of
-    the first inbox drops a fresh worker process scores.
+    out of the latency of the first inbox drops a fresh worker process scores.
     """
     for size in (1, 2):
         model.predict_on_batch(np.zeros((size, 28, 28, 1), np.float32))
