@@ -17,7 +17,7 @@ from worker.scan_synth import render_scan
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "digit-recognizer"
 TRAIN = DATA / "train.csv.gz"
-ROWS = 1000
+ROWS = 500
 
 
 @pytest.mark.skipif(not TRAIN.is_file(), reason=f"{TRAIN} not present")
