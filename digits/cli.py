@@ -76,6 +76,18 @@ def db_check() -> None:
 
 
 # ---------------------------------------------------------------- models
+def _labelled_data(data: Path | None) -> Path:
+    """The labelled Kaggle CSV a model command works on: ``--data`` or DIGITS_DATA."""
+    from digits.settings import get_settings
+
+    source = data or get_settings().data
+    if source is None:
+        raise fail("no labelled data: pass --data PATH or set DIGITS_DATA")
+    if not source.is_file():
+        raise fail(f"{source}: no such file")
+    return source
+
+
 @app.command()
 def train(
     data: Annotated[Path | None, typer.Option(help="Labelled Kaggle CSV (.csv/.csv.gz).")] = None,
@@ -94,13 +106,7 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a model on a labelled CSV and register it as a new immutable version."""
-    from digits.settings import get_settings
-
-    source = data or get_settings().data
-    if source is None:
-        raise fail("no training data: pass --data PATH or set DIGITS_DATA")
-    if not source.is_file():
-        raise fail(f"{source}: no such file")
+    source = _labelled_data(data)
     if arch not in ("mlp", "cnn", "cnn-lite"):
         raise fail(f"unknown architecture {arch!r}: choose cnn-lite, cnn or mlp")
     if ensemble > 1 and arch == "mlp":
@@ -325,13 +331,7 @@ def models_evaluate(
     as_json: JsonOpt = False,
 ) -> None:
     """Re-measure a version on the fixed held-out rows: accuracy, errors, ECE, review coverage."""
-    from digits.settings import get_settings
-
-    source = data or get_settings().data
-    if source is None:
-        raise fail("no data: pass --data PATH or set DIGITS_DATA")
-    if not source.is_file():
-        raise fail(f"{source}: no such file")
+    source = _labelled_data(data)
     from model_store.registry import ModelError, get_version
     from model_store.training import measure
     from scheduler.csv_input import CsvFileError

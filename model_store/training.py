@@ -20,8 +20,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model_store.calibration import apply_temperature, expected_calibration_error, fit_temperature
-from model_store.data import SPLIT_SEED, VAL_FRACTION, load_split
+from model_store.data import SPLIT_SEED, VAL_FRACTION, Split, load_split
 from model_store.registry import ModelVersion, register, sha256_file
+from worker.preprocess import rows_to_tensor, stack
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -184,7 +185,7 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
     started = time.time()
     seed = config.member_seed(job.index)
     keras.utils.set_random_seed(seed)
-    x_train = job.x_train.reshape(-1, 28, 28, 1).astype("float32") / 255.0
+    x_train = rows_to_tensor(job.x_train)
     epochs = config.resolved_epochs()
     steps_per_epoch = int(np.ceil(len(x_train) / config.batch_size))
     model = build(config.arch, f"member_{job.index + 1}" if config.ensemble > 1 else None)
@@ -205,8 +206,7 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
     prefix = f"member {job.index + 1}/{config.ensemble} " if config.ensemble > 1 else ""
     callback = _keras_callback(report, job.deadline, prefix)
     model.fit(dataset, epochs=epochs, callbacks=[callback], verbose=0)
-    x_val = job.x_val.reshape(-1, 28, 28, 1).astype("float32") / 255.0
-    predicted = model.predict(x_val, batch_size=1000, verbose=0).argmax(axis=1)
+    predicted = model.predict(rows_to_tensor(job.x_val), batch_size=1000, verbose=0).argmax(axis=1)
     card = {
         "member": job.index + 1, "seed": seed, "epochs_run": callback.epochs_run,
         "stopped_by_time_limit": callback.stopped_early,
@@ -243,8 +243,6 @@ def _train_members(jobs: list[_MemberJob], workers: int, progress: ReportFn,
     import queue
     from concurrent.futures import ProcessPoolExecutor, wait
 
-    import keras
-
     context = multiprocessing.get_context("spawn")  # never fork a process that holds TF
     with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
         events = manager.Queue()
@@ -259,6 +257,8 @@ def _train_members(jobs: list[_MemberJob], workers: int, progress: ReportFn,
                 except queue.Empty:
                     break
         cards = [f.result() for f in futures]  # re-raises a member's exception here
+    import keras
+
     return [(keras.saving.load_model(tmp / f"member_{job.index}.keras", compile=False,
                                      safe_mode=True), card)
             for job, card in zip(jobs, cards, strict=True) if card is not None]
@@ -301,10 +301,7 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
     members = [model for model, _ in trained]
     member_cards = [card for _, card in trained]
     model = members[0] if config.ensemble == 1 else build_ensemble(members)
-    x_val = split.x_val.reshape(-1, 28, 28, 1).astype("float32") / 255.0
-    probs = model.predict(x_val, batch_size=1000, verbose=0)
-    scans, scan_labels, refused = scan_like_validation(split.x_val, split.y_val)
-    scan_probs = model.predict(scans, batch_size=1000, verbose=0)
+    probs, scan_probs, scan_labels, refused = _held_out_probs(model, split)
     temperature = fit_temperature(np.concatenate([probs, scan_probs]),
                                   np.concatenate([split.y_val, scan_labels]))
     from digits.settings import get_settings
@@ -386,10 +383,7 @@ def scan_like_validation(
         except Rejected:
             continue
         kept.append(i)
-    refused = len(pixels) - len(kept)
-    if not tensors:
-        return np.zeros((0, 28, 28, 1), np.float32), labels[:0], refused
-    return np.stack(tensors).astype(np.float32), labels[kept], refused
+    return stack(tensors), labels[kept], len(pixels) - len(kept)
 
 
 def measure(version: ModelVersion, data: Path, scans: bool = True) -> dict[str, Any]:
@@ -401,14 +395,24 @@ def measure(version: ModelVersion, data: Path, scans: bool = True) -> dict[str, 
     split = load_split(data)
     model = load(version)
     threshold = get_settings().confidence_threshold
-    x_val = split.x_val.reshape(-1, 28, 28, 1).astype("float32") / 255.0
-    probs = model.predict(x_val, batch_size=1000, verbose=0)
+    probs, scan_probs, labels, refused = _held_out_probs(model, split, scans)
     result: dict[str, Any] = {"version": version.version, "rows": len(split.y_val),
                               "clean": evaluate(probs, split.y_val, version.temperature,
                                                 threshold)}
     if scans:
-        tensors, labels, refused = scan_like_validation(split.x_val, split.y_val)
-        scan_probs = model.predict(tensors, batch_size=1000, verbose=0)
         result["scans"] = {"refused": refused, **evaluate(scan_probs, labels,
                                                           version.temperature, threshold)}
     return result
+
+
+def _held_out_probs(
+    model: Any, split: Split, scans: bool = True
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int64], int]:
+    """Probabilities on the held-out rows, clean and (if ``scans``) rendered as scans: what
+    both training (to calibrate and write the card) and ``measure`` score.
+    Returns (clean probs, scan probs, scan labels, scans refused by preprocessing)."""
+    probs = model.predict(rows_to_tensor(split.x_val), batch_size=1000, verbose=0)
+    if not scans:
+        return probs, np.zeros((0, 10), np.float32), split.y_val[:0], 0
+    tensors, labels, refused = scan_like_validation(split.x_val, split.y_val)
+    return probs, model.predict(tensors, batch_size=1000, verbose=0), labels, refused
