@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -217,14 +218,32 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
     return model, card
 
 
-def _member_process(job: _MemberJob, events: Any) -> dict[str, Any] | None:
-    """Child-process entry: one TensorFlow thread (small convolutions scale poorly across
-    threads, so K one-thread members side by side beat one member on all cores), save the
-    member to ``job.out`` and send progress through the ``events`` queue."""
+_events: Any = None  # in a member's process: the queue its progress goes to
+
+
+def _member_init(events: Any, parent: int) -> None:
+    """Member-process start-up: one TensorFlow thread (small convolutions scale poorly across
+    threads, so K one-thread members side by side beat one member on all cores), the progress
+    queue (inherited here: a spawned process cannot receive a plain queue as an argument),
+    and an exit as soon as ``parent``, the ``digits train`` that started it, is gone: a parent
+    stopped by SIGTERM or SIGKILL cannot shut its pool down, and orphaned members would keep
+    both cores busy for up to an hour training models nobody will register."""
+    global _events
     from model_store.loading import configure_threads
 
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
     configure_threads(1)
-    result = _train_member(job, lambda steps, label: events.put((steps, label)))
+    _events = events
+
+
+def _member_process(job: _MemberJob) -> dict[str, Any] | None:
+    """Train one member in a child process, save it to ``job.out``, return its card."""
+    result = _train_member(job, lambda steps, label: _events.put((steps, label)))
     if result is None:
         return None
     model, card = result
@@ -244,10 +263,11 @@ def _train_members(jobs: list[_MemberJob], workers: int, progress: ReportFn,
     from concurrent.futures import ProcessPoolExecutor, wait
 
     context = multiprocessing.get_context("spawn")  # never fork a process that holds TF
-    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
-        events = manager.Queue()
-        futures = [pool.submit(_member_process, replace(job, out=tmp / f"member_{job.index}.keras"),
-                               events) for job in jobs]
+    events = context.Queue()
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_member_init,
+                             initargs=(events, os.getpid())) as pool:
+        futures = [pool.submit(_member_process, replace(job, out=tmp / f"member_{job.index}.keras"))
+                   for job in jobs]
         pending = set(futures)
         while pending:
             _, pending = wait(pending, timeout=0.5)
@@ -339,7 +359,7 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
             "members": member_cards,
             "max_minutes": config.max_minutes,
             "wall_seconds": round(wall, 1),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "machine": _machine(),
             "tensorflow": tf.__version__, "keras": keras.__version__,
         },
         "validation": metrics,
@@ -362,6 +382,20 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
         path = Path(tmp) / "model.keras"
         model.save(path)
         return register(path, card)
+
+
+def _machine() -> str:
+    """Architecture, core count and CPU model: the same recipe's wall time differs several-fold
+    between 2-core machines (AVX2-only vs AVX-512 CPUs), so a card's wall time names its CPU."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()}, {os.cpu_count()} cores, {model}"
 
 
 def scan_like_validation(

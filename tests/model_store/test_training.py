@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ def test_train_registers_a_version_with_its_card(home: Path) -> None:
     assert len(card["validation"]["per_class_accuracy"]) == 10
     assert len(card["validation"]["confusion_matrix"]) == 10
     assert card["training"]["epochs_run"] == 2 and card["training"]["wall_seconds"] > 0
+    assert card["training"]["machine"].count(", ") >= 2  # architecture, cores, CPU model
     assert card["calibration"]["temperature"] > 0
     assert 0 <= card["validation"]["review_threshold"]["coverage"] <= 1
     listed = subprocess.run([sys.executable, "-m", "digits.cli", "models", "list", "--json"],
@@ -62,6 +64,47 @@ def test_train_ensemble_is_one_safely_loadable_version(home: Path) -> None:
     assert [layer.name for layer in model.layers[1:]] == ["member_1", "member_2", "probabilities"]
     probs = model.predict(np.zeros((3, 28, 28, 1), np.float32), verbose=0)
     assert probs.shape == (3, 10) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def _children(pid: int) -> set[int]:
+    """Live processes whose parent is ``pid`` (read from Linux's /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_killing_train_ends_its_member_processes(home: Path) -> None:
+    """SIGKILL (the worst case: no handler runs, like an OOM kill) of a `digits train` whose
+    members train in child processes: the members must not train on, orphaned, for an hour."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "cnn-lite",
+         "--ensemble", "2", "--jobs", "2", "--epochs", "1000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    assert proc.stderr is not None
+    for line in proc.stderr:  # without a terminal, one line per member epoch
+        if "epoch 1:" in line:
+            break
+    members = _children(proc.pid)
+    assert proc.poll() is None and len(members) >= 2, "members should be training"
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 20
+    while any(_alive(p) for p in members) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in members if _alive(p)]
 
 
 def test_models_evaluate_re_measures_a_version_on_the_held_out_rows(home: Path) -> None:
