@@ -67,6 +67,9 @@ def make_app(settings: Settings | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A child reports up only after loading the active model (worker/warmup.py): allow
+        # for a slow CPU instead of Celery's 4 s, after which the parent kills the child.
+        worker_proc_alive_timeout=120.0,
         worker_max_tasks_per_child=2000,
         worker_max_memory_per_child=4_000_000,  # KiB: recycle a child past 4 GB (a pass peaks ~1.6)
         worker_hijack_root_logger=False,

@@ -1,7 +1,8 @@
 """Batch classification with per-process model caching and idle eviction.
 
 A model is loaded the first time a process needs a version (always after the prefork fork,
-never in the parent) and kept while it is in use; a batch names its pinned version, so a
+never in the parent; each child loads the active version as it starts, see worker/warmup.py)
+and kept while it is in use; a batch names its pinned version, so a
 process can hold several versions during a hot swap. A version unused for more than
 ``IDLE_SECONDS`` is dropped, but only after the newly needed version has loaded: if the new
 load fails (tampered file, bad signature) the process keeps serving what it already has, and

@@ -9,6 +9,7 @@ from celery import Task
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from worker import heartbeat as _heartbeat  # noqa: F401  (registers worker signals)
+from worker import warmup as _warmup  # noqa: F401  (children load the model before work)
 from worker.celery_app import TASK_EXPORT, TASK_SCORE, TASK_SWEEP, app
 
 log = logging.getLogger("digits.worker")

@@ -34,12 +34,31 @@ def run_cli(
     return time.perf_counter() - started, result
 
 
+# What a command that reads the results table cannot avoid importing: the database layer, the
+# settings object, the CLI framework and its console. That floor is the machine's (0.55-0.95 s
+# on a noisy 2-core AVX2-only VM, varying minute to minute), so the test bounds what the
+# command adds on top of it, timed interleaved with it.
+LIBRARIES = "import sqlalchemy.orm, pydantic_settings, typer, rich.console"
+
+
 @pytest.mark.parametrize("args", [["--help"], ["status"], ["results", "--limit", "5"],
                                   ["export", "--batch", "1", "--out", "x.csv"]])
 def test_fast_commands_answer_in_well_under_a_second(args: list[str], home: Path) -> None:
+    """Best of 4: at most 0.35 s beyond importing its libraries (no TensorFlow, Celery or
+    Alembic import, no slow query); the absolute figures are printed (``-s``)."""
     run_cli("db", "upgrade")
-    best = min(run_cli(*args)[0] for _ in range(3))
-    assert best < 0.8, f"{args} took {best:.2f} s"
+    libraries, command = [], []
+    for _ in range(4):
+        libraries.append(_timed([sys.executable, "-c", LIBRARIES]))
+        command.append(run_cli(*args)[0])
+    print(f"{args}: {min(command):.2f} s; importing the libraries alone {min(libraries):.2f} s")
+    assert min(command) - min(libraries) < 0.35, (min(command), min(libraries))
+
+
+def _timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, timeout=60)
+    return time.perf_counter() - started
 
 
 @pytest.mark.parametrize("args", [["--help"], ["status"], ["results"], ["export", "--batch", "1"]])
