@@ -142,6 +142,10 @@ def train(
             version = run_training(source, config, progress)
         except (CsvFileError, TimeoutError, ValueError) as exc:
             raise fail(str(exc)) from exc
+        except KeyboardInterrupt:  # Ctrl-C reaches the member processes too; they just end
+            version = None
+    if version is None:  # said after the progress bar has closed, so it is the last line
+        raise fail("training interrupted; nothing was registered", 130)
     card = version.card
     typer.echo(
         f"registered model version {version.version} ({card['architecture']}): validation "

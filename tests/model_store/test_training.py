@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -86,21 +87,32 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_killing_train_ends_its_member_processes(home: Path) -> None:
-    """SIGKILL (the worst case: no handler runs, like an OOM kill) of a `digits train` whose
-    members train in child processes: the members must not train on, orphaned, for an hour."""
+@pytest.mark.parametrize("how", ["ctrl-c", "sigkill"])
+def test_stopping_train_ends_its_member_processes(home: Path, how: str) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) ends `digits train`
+    with one clear line and exit 130; SIGKILL of the parent alone (the worst case: no handler
+    runs, like an OOM kill) must not leave its members training on, orphaned, for an hour."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "cnn-lite",
          "--ensemble", "2", "--jobs", "2", "--epochs", "1000"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+        start_new_session=True,  # its own process group, like a command run in a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even if CI ignores it
     assert proc.stderr is not None
     for line in proc.stderr:  # without a terminal, one line per member epoch
         if "epoch 1:" in line:
             break
     members = _children(proc.pid)
     assert proc.poll() is None and len(members) >= 2, "members should be training"
-    proc.kill()
-    proc.wait(timeout=10)
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=30) == 130
+        assert rest.splitlines()[-1] == "error: training interrupted; nothing was registered"
+        assert "Traceback" not in rest
+    else:
+        proc.kill()
+        proc.wait(timeout=10)
     deadline = time.monotonic() + 20
     while any(_alive(p) for p in members) and time.monotonic() < deadline:
         time.sleep(0.2)
