@@ -23,6 +23,8 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "digits" / "samples" / "sample.csv.gz"
+# Kaggle's labelled file, read-only beside the repo (never committed); tests needing it skip.
+KAGGLE_TRAIN = ROOT.parent / "shared" / "data" / "digit-recognizer" / "train.csv.gz"
 PG_ADMIN = os.environ.get("DIGITS_TEST_PG", "postgresql://root@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("DIGITS_TEST_REDIS", "redis://127.0.0.1:6379")
 

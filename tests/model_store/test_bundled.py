@@ -15,10 +15,9 @@ from model_store.calibration import apply_temperature, expected_calibration_erro
 from model_store.data import load_split
 from model_store.loading import load
 from model_store.registry import default_version, list_versions, sha256_file
+from tests.conftest import KAGGLE_TRAIN as TRAIN
 from worker.classify import predict
 from worker.preprocess import rows_to_tensor
-
-TRAIN = Path(__file__).resolve().parents[3] / "shared/data/digit-recognizer/train.csv.gz"
 
 
 @pytest.mark.skipif(not TRAIN.is_file(), reason=f"{TRAIN} not present")

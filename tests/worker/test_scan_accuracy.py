@@ -10,13 +10,12 @@ import pytest
 from model_store.data import load_split
 from model_store.loading import load
 from model_store.registry import default_version
+from tests.conftest import KAGGLE_TRAIN as TRAIN
 from worker.classify import predict
 from worker.images import Rejected, image_to_tensor
 from worker.preprocess import rows_to_tensor
 from worker.scan_synth import render_scan
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "digit-recognizer"
-TRAIN = DATA / "train.csv.gz"
 ROWS = 500
 
 
