@@ -44,7 +44,7 @@ LIBRARIES = "import sqlalchemy.orm, pydantic_settings, typer, rich.console"
 @pytest.mark.parametrize("args", [["--help"], ["status"], ["results", "--limit", "5"],
                                   ["export", "--batch", "1", "--out", "x.csv"]])
 def test_fast_commands_answer_in_well_under_a_second(args: list[str], home: Path) -> None:
-    """Best of 4: at most 0.35 s beyond importing its libraries (no TensorFlow, Celery or
+    """Best of 4: at most 0.5 s beyond importing its libraries (no TensorFlow, Celery or
     Alembic import, no slow query); the absolute figures are printed (``-s``)."""
     run_cli("db", "upgrade")
     libraries, command = [], []
@@ -52,7 +52,7 @@ def test_fast_commands_answer_in_well_under_a_second(args: list[str], home: Path
         libraries.append(_timed([sys.executable, "-c", LIBRARIES]))
         command.append(run_cli(*args)[0])
     print(f"{args}: {min(command):.2f} s; importing the libraries alone {min(libraries):.2f} s")
-    assert min(command) - min(libraries) < 0.35, (min(command), min(libraries))
+    assert min(command) - min(libraries) < 0.5, (min(command), min(libraries))
 
 
 def _timed(command: list[str]) -> float:
