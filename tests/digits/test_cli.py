@@ -35,7 +35,7 @@ def run_cli(
 
 
 # What a command that reads the results table cannot avoid importing: the database layer, the
-# settings object, the CLI framework and its console. That floor is the machine's (0.55-0.95 s
+# settings object, the CLI framework and its console. That floor is the machine's (0.55-1.1 s
 # on a noisy 2-core AVX2-only VM, varying minute to minute), so the test bounds what the
 # command adds on top of it, timed interleaved with it.
 LIBRARIES = "import sqlalchemy.orm, pydantic_settings, typer, rich.console"
