@@ -46,10 +46,16 @@ def test_train_ensemble_is_one_safely_loadable_version(home: Path) -> None:
     new = list_versions()[-1].version + 1
     result = subprocess.run(
         [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "cnn-lite",
-         "--ensemble", "2", "--epochs", "1", "--quiet"],
+         "--ensemble", "2", "--epochs", "1"],
         capture_output=True, text=True, env=dict(os.environ), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(ensemble of 2 cnn-lite)" in result.stdout
+    # Without a terminal: one line per member epoch, none lost when the last member ends
+    # (180 training rows in batches of 128: 2 steps per member epoch, 4 in all).
+    lines = [line for line in result.stderr.splitlines() if " steps  member " in line]
+    assert sorted(line.split("steps  ")[1].split(":")[0] for line in lines) == [
+        "member 1/2 epoch 1", "member 2/2 epoch 1"]
+    assert lines[-1].split("] ")[1].startswith("4/4 steps")
     from model_store.loading import load
     from model_store.registry import get_version
 
