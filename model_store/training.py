@@ -202,7 +202,7 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
     # One endless iterator for the whole fit (reshuffled on every pass): with a finite
     # dataset Keras builds and destroys an iterator per epoch, and on one 2-core VM each
     # teardown left the process idle for up to ~10 s waiting on tf.data's threads
-    # (py-spy: ~UnboundedThreadPool::LogicalThreadWrapper), 29 s per epoch instead of 20 s.
+    # (seen with py-spy in ~UnboundedThreadPool::LogicalThreadWrapper).
     dataset = tf.data.Dataset.from_tensor_slices((x_train, job.y_train))
     dataset = dataset.shuffle(len(x_train), seed=seed).batch(config.batch_size).repeat()
     if config.resolved_augment():
@@ -269,18 +269,18 @@ def _train_members(jobs: list[_MemberJob], workers: int, progress: ReportFn,
 
     context = multiprocessing.get_context("spawn")  # never fork a process that holds TF
     events = context.Queue()
+
+    def drain() -> None:
+        while True:
+            try:
+                progress(*events.get_nowait())
+            except queue.Empty:
+                return
+
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_member_init,
                              initargs=(events, os.getpid())) as pool:
         futures = [pool.submit(_member_process, replace(job, out=tmp / f"member_{job.index}.keras"))
                    for job in jobs]
-
-        def drain() -> None:
-            while True:
-                try:
-                    progress(*events.get_nowait())
-                except queue.Empty:
-                    return
-
         pending = set(futures)
         while pending:
             _, pending = wait(pending, timeout=0.5)
