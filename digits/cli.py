@@ -92,8 +92,8 @@ def _labelled_data(data: Path | None) -> Path:
 def train(
     data: Annotated[Path | None, typer.Option(help="Labelled Kaggle CSV (.csv/.csv.gz).")] = None,
     arch: Annotated[str, typer.Option(
-        help="cnn-lite (the bundled model's members), cnn (version 1) or mlp (the origin's "
-        "784-400-10).")] = "cnn-lite",
+        help="cnn-lite (version 2's members), cnn-wide (the same at double width), cnn "
+        "(version 1) or mlp (the origin's 784-400-10).")] = "cnn-lite",
     epochs: Annotated[int | None, typer.Option(
         help="Epochs per member (default: mlp 10, CNNs 30).", min=1)] = None,
     ensemble: Annotated[int, typer.Option(
@@ -107,10 +107,10 @@ def train(
 ) -> None:
     """Train a model on a labelled CSV and register it as a new immutable version."""
     source = _labelled_data(data)
-    if arch not in ("mlp", "cnn", "cnn-lite"):
-        raise fail(f"unknown architecture {arch!r}: choose cnn-lite, cnn or mlp")
+    if arch not in ("mlp", "cnn", "cnn-lite", "cnn-wide"):
+        raise fail(f"unknown architecture {arch!r}: choose cnn-lite, cnn-wide, cnn or mlp")
     if ensemble > 1 and arch == "mlp":
-        raise fail("--ensemble needs a CNN architecture (cnn-lite or cnn)")
+        raise fail("--ensemble needs a CNN architecture (cnn-lite, cnn-wide or cnn)")
     from rich.progress import (
         BarColumn,
         Progress,

@@ -11,7 +11,7 @@ from typing import Any
 import keras
 from keras import layers
 
-ARCHITECTURES = ("mlp", "cnn", "cnn-lite")
+ARCHITECTURES = ("mlp", "cnn", "cnn-lite", "cnn-wide")
 
 
 def build_mlp() -> Any:
@@ -88,6 +88,10 @@ def build(arch: str, name: str | None = None) -> Any:
         return build_cnn()
     if arch == "cnn-lite":
         return build_cnn_lite(name or "cnn_lite")
+    if arch == "cnn-wide":
+        # The same layout at the Kaggle nets' full width (32/64 filters): ~3x the cost of a
+        # cnn-lite member, for members whose own errors are the hard, legible digits.
+        return build_cnn_lite(name or "cnn_wide", widths=(32, 64))
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
 
 

@@ -103,11 +103,14 @@ class WorkerProcess:
         )
 
     def wait_ready(self, timeout: float = 60) -> None:
+        """Wait for *this* worker's heartbeat (named host:pid; `digits worker` runs Celery in
+        its own process): any worker's row would let a second worker's wait return while it
+        is still importing, and the first would take every chunk before it consumes."""
         from digits.queries import connected_workers
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if connected_workers():
+            if any(w["name"].endswith(f":{self.proc.pid}") for w in connected_workers()):
                 return
             assert self.proc.poll() is None, f"worker exited: {self.tail()}"
             time.sleep(0.2)
