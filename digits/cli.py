@@ -159,8 +159,12 @@ def train(
 def models_list(as_json: JsonOpt = False) -> None:
     """List registered model versions (bundled and trained) with the aliases naming them."""
     from model_store.aliases import all_aliases
-    from model_store.registry import list_versions, resolve_active
+    from model_store.registry import list_versions, resolve_active, shadowed_versions
 
+    for path in shadowed_versions():
+        typer.echo(f"warning: {path} is hidden: this release bundles its own {path.name}. "
+                   "Predictions made with it name that number; move the folder out of "
+                   "DIGITS_MODELS_DIR to keep it.", err=True)
     active = resolve_active().version
     aliases = all_aliases()
     rows = [{"version": v.version, "architecture": v.card.get("architecture"),

@@ -81,6 +81,22 @@ def list_versions() -> list[ModelVersion]:
     return [found[k] for k in sorted(found)]
 
 
+def shadowed_versions() -> list[Path]:
+    """Trained versions hidden by a bundled version of the same number.
+
+    A release that bundles a new default takes the next number after its own versions; a
+    user who trained locally may already have a version with that number. The bundled one
+    wins (every installation of a release must agree on what its versions are), so the
+    trained one is reported here instead of silently disappearing."""
+    bundled = {v.version for v in list_versions() if v.bundled}
+    local = get_settings().local_models_dir
+    if not local.is_dir():
+        return []
+    return sorted(child for child in local.iterdir()
+                  if child.name.startswith("v") and child.name[1:].isdigit()
+                  and int(child.name[1:]) in bundled and (child / CARD_FILE).is_file())
+
+
 def get_version(version: int) -> ModelVersion:
     for item in list_versions():
         if item.version == version:
