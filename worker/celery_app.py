@@ -7,6 +7,10 @@ a pickled message is refused before any code runs.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -19,11 +23,39 @@ TASK_EXPORT = "digits.nightly_export"
 QUEUE = "digits"
 
 
+#: The exchanges our processes bind on the filesystem broker: the task queue's and Celery's
+#: remote-control (pidbox) fanout, which every worker binds its own queue to.
+EMBEDDED_EXCHANGES = (QUEUE, "celery.pidbox")
+
+
+def _create_exchange_table(path: Path) -> None:
+    """Create kombu's binding table for one exchange, atomically, if it is missing.
+
+    kombu's filesystem transport creates the table on the first bind by opening it for
+    writing and only then locking it; a second process binding at that moment locks and
+    reads the still-empty file, and its worker dies of a JSONDecodeError on start-up (two
+    `digits worker` started together, tests/worker/test_reliability.py). With the table
+    already there (an empty JSON list, linked into place whole), every bind takes kombu's
+    exclusive-lock read-modify-write path, which serialises them."""
+    if path.exists():
+        return
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".new-")
+    try:
+        os.write(fd, b"[]")
+        os.close(fd)
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            os.link(tmp, path)  # atomic: the table appears whole or not at all
+    finally:
+        os.unlink(tmp)
+
+
 def broker_options(settings: Settings) -> dict[str, Any]:
     if settings.embedded_broker:
         folder = settings.broker_dir
         for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
+        for exchange in EMBEDDED_EXCHANGES:
+            _create_exchange_table(folder / "control" / f"{exchange}.exchange")
         return {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
