@@ -103,14 +103,22 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed (member i uses seed + 1000 i).")] = 0,
     max_minutes: Annotated[float, typer.Option(
         help="Time bound: no epoch or member starts that cannot end by then.")] = 55.0,
+    precision: Annotated[str, typer.Option(
+        help="float32, or bf16: mixed bfloat16 training, about 20% faster per step on CPUs "
+        "with AVX512_BF16 (emulated, slower, elsewhere); the saved model is float32.")
+    ] = "float32",
     quiet: QuietOpt = False,
 ) -> None:
     """Train a model on a labelled CSV and register it as a new immutable version."""
+    from model_store.choices import ARCHITECTURES, ENSEMBLE_ARCHITECTURES, PRECISIONS
+
     source = _labelled_data(data)
-    if arch not in ("mlp", "cnn", "cnn-lite", "cnn-wide"):
-        raise fail(f"unknown architecture {arch!r}: choose cnn-lite, cnn-wide, cnn or mlp")
-    if ensemble > 1 and arch == "mlp":
-        raise fail("--ensemble needs a CNN architecture (cnn-lite, cnn-wide or cnn)")
+    if arch not in ARCHITECTURES:
+        raise fail(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+    if ensemble > 1 and arch not in ENSEMBLE_ARCHITECTURES:
+        raise fail(f"--ensemble needs a CNN architecture ({', '.join(ENSEMBLE_ARCHITECTURES)})")
+    if precision not in PRECISIONS:
+        raise fail(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     from rich.progress import (
         BarColumn,
         Progress,
@@ -124,7 +132,7 @@ def train(
     from scheduler.csv_input import CsvFileError
 
     config = TrainConfig(arch=arch, epochs=epochs, seed=seed, max_minutes=max_minutes,
-                         ensemble=ensemble, jobs=jobs,
+                         ensemble=ensemble, jobs=jobs, precision=precision,
                          command=shlex.join(["digits", *sys.argv[1:]]))
     err = console()
     started = time.monotonic()

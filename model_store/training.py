@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from model_store.calibration import apply_temperature, expected_calibration_error, fit_temperature
+from model_store.choices import PRECISIONS
 from model_store.data import SPLIT_SEED, VAL_FRACTION, Split, load_split
 from model_store.registry import ModelVersion, register, sha256_file
 from worker.preprocess import rows_to_tensor, stack
@@ -40,6 +41,7 @@ class TrainConfig:
     val_fraction: float = VAL_FRACTION
     augment: bool | None = None  # None: on for the CNNs, off for the origin's MLP
     ensemble: int = 1  # members averaged into one version
+    precision: str = "float32"  # or "bf16": mixed bfloat16 training; saved models are float32
 
     def resolved_epochs(self) -> int:
         return self.epochs if self.epochs is not None else (10 if self.arch == "mlp" else 30)
@@ -176,8 +178,6 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
     import keras
     import tensorflow as tf
 
-    from model_store.architectures import build
-
     config = job.config
     if time.time() > job.deadline:
         return None
@@ -189,7 +189,8 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
     x_train = rows_to_tensor(job.x_train)
     epochs = config.resolved_epochs()
     steps_per_epoch = int(np.ceil(len(x_train) / config.batch_size))
-    model = build(config.arch, f"member_{job.index + 1}" if config.ensemble > 1 else None)
+    name = f"member_{job.index + 1}" if config.ensemble > 1 else None
+    model = _build(config.arch, name, config.precision)
     if config.arch == "mlp":
         optimizer: Any = keras.optimizers.RMSprop()
     else:
@@ -212,6 +213,8 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
     callback = _keras_callback(report, job.deadline, prefix)
     model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[callback],
               verbose=0)
+    if config.precision != "float32":
+        model = _as_float32(model, config.arch, name)
     predicted = model.predict(rows_to_tensor(job.x_val), batch_size=1000, verbose=0).argmax(axis=1)
     card = {
         "member": job.index + 1, "seed": seed, "epochs_run": callback.epochs_run,
@@ -221,6 +224,32 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
         "validation_errors": int((predicted != job.y_val).sum()),
     }
     return model, card
+
+
+def _build(arch: str, name: str | None, precision: str) -> Any:
+    """Build ``arch`` with its layers computing in ``precision`` ("bf16": mixed bfloat16,
+    float32 variables and softmax). Only the model's layers get the policy: the augmentation
+    and data pipeline stay float32, and the process-wide default is restored at once."""
+    import keras
+
+    from model_store.architectures import build
+
+    if precision == "float32":
+        return build(arch, name)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        return build(arch, name)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _as_float32(model: Any, arch: str, name: str | None) -> Any:
+    """The same weights in a float32 model. Why: a saved mixed-precision model would score in
+    bfloat16 on every worker, which CPUs without AVX512_BF16 only emulate, slowly; its
+    variables are float32 already, so the copy is exact."""
+    clone = _build(arch, name, "float32")
+    clone.set_weights(model.get_weights())
+    return clone
 
 
 _events: Any = None  # in a member's process: the queue its progress goes to
@@ -303,6 +332,9 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
         raise ValueError("ensemble must be at least 1")
     if config.ensemble > 1 and config.arch == "mlp":
         raise ValueError("ensembles are built from CNN members, not the origin's MLP")
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {config.precision!r}; choose one of "
+                         f"{', '.join(PRECISIONS)}")
     started = time.time()
     split = load_split(data, config.val_fraction)
     epochs = config.resolved_epochs()
@@ -364,6 +396,8 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
             "epochs_run": min(c["epochs_run"] for c in member_cards),
             "stopped_by_time_limit": stopped or len(members) < config.ensemble,
             "seed": config.seed, "batch_size": config.batch_size,
+            "precision": "mixed bfloat16 (float32 variables and softmax; saved as float32)"
+            if config.precision == "bf16" else "float32",
             "augmentation": AUGMENTATION if config.resolved_augment() else None,
             "optimizer": "RMSprop" if config.arch == "mlp"
             else "Adam, 1 warm-up epoch to 2e-3 then cosine decay to 0",

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,3 +61,32 @@ def test_every_command_is_documented() -> None:
     group = get_command(app)
     for name in group.commands:  # type: ignore[attr-defined]
         assert f"digits {name}" in README, name
+
+
+def _commands() -> list[tuple[str, list[str]]]:
+    """Every (command path, one option's long names), subcommands included, from the CLI
+    itself; a flag's names are its pair, e.g. ``--scans`` / ``--no-scans``."""
+    from typer.main import get_command
+
+    from digits.cli import app
+
+    found: list[tuple[str, list[str]]] = []
+
+    def walk(command: Any, path: str) -> None:  # Typer vendors its own Click: duck-typed
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                walk(sub, f"{path} {name}")
+            return
+        for param in command.params:
+            names = [o for o in (*param.opts, *param.secondary_opts) if o.startswith("--")]
+            if param.param_type_name == "option" and names and "--help" not in names:
+                found.append((path, names))
+
+    walk(get_command(app), "digits")
+    return found
+
+
+@pytest.mark.parametrize(("command", "names"), _commands(), ids=lambda v: str(v))
+def test_every_option_is_documented(command: str, names: list[str]) -> None:
+    """An option the README never mentions is one a user cannot find without --help."""
+    assert any(re.search(rf"{re.escape(name)}(?![\w-])", README) for name in names), command

@@ -73,6 +73,27 @@ def test_train_ensemble_is_one_safely_loadable_version(home: Path) -> None:
     assert probs.shape == (3, 10) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_bf16_training_saves_a_float32_model(home: Path) -> None:
+    """Mixed bfloat16 is a training speed-up only: the registered model must compute in
+    float32 like every other version, or each worker would score in (possibly emulated) bf16."""
+    new = list_versions()[-1].version + 1
+    result = subprocess.run(
+        [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "cnn-lite",
+         "--ensemble", "2", "--jobs", "1", "--epochs", "1", "--precision", "bf16", "--quiet"],
+        capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from model_store.loading import load
+    from model_store.registry import get_version
+
+    version = get_version(new)
+    assert version.card["training"]["precision"].startswith("mixed bfloat16")
+    model = load(version)
+    policies = {layer.dtype_policy.name for member in model.layers[1:3] for layer in member.layers}
+    assert policies == {"float32"}
+    probs = model.predict(np.zeros((2, 28, 28, 1), np.float32), verbose=0)
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
 def _children(pid: int) -> set[int]:
     """Live processes whose parent is ``pid`` (read from Linux's /proc)."""
     found = set()
@@ -144,8 +165,9 @@ def test_models_evaluate_re_measures_a_version_on_the_held_out_rows(home: Path) 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--arch", "mlp", "--ensemble", "2"], "--ensemble needs a CNN"),
-    (["--arch", "resnet"], "unknown architecture 'resnet'"),
+    (["--arch", "resnet"], "unknown architecture 'resnet': choose one of mlp, cnn, cnn-lite"),
     (["--ensemble", "0"], "Invalid value for '--ensemble'"),
+    (["--precision", "fp16"], "unknown precision 'fp16': choose one of float32, bf16"),
 ])
 def test_train_refuses_bad_options(home: Path, args: list[str], message: str) -> None:
     result = subprocess.run(
