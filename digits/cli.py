@@ -7,6 +7,7 @@ Heavy imports (TensorFlow, Celery, Alembic) happen inside the commands that need
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import time
@@ -484,8 +485,13 @@ def worker(
     from worker.celery_app import app as celery_app
 
     n = concurrency or get_settings().workers
+    # A node name per process (Celery's default is celery@<host> for all): `digits up` and
+    # `digits run` start several workers on one host, and remote control (`celery inspect`)
+    # must be able to tell them apart. Same host:pid as the heartbeat `digits status` shows.
+    node = f"digits-{os.getpid()}@%h"
     celery_app.worker_main(["worker", "--pool", "prefork", "--concurrency", str(n), "-Q", QUEUE,
-                            "--loglevel", loglevel, "--without-gossip", "--without-mingle"])
+                            "--hostname", node, "--loglevel", loglevel, "--without-gossip",
+                            "--without-mingle"])
 
 
 @app.command()

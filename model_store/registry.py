@@ -169,4 +169,12 @@ def resolve_active(requested: int | None = None) -> ModelVersion:
     from model_store.aliases import alias_target
 
     target = alias_target("production")
-    return get_version(target) if target is not None else default_version()
+    if target is None:
+        return default_version()
+    try:
+        return get_version(target)
+    except ModelError as exc:  # e.g. a release that no longer bundles the version it names
+        raise ModelError(f"the production alias names version {target}, which is not installed "
+                         f"here; move it to an installed version (digits models list), e.g. "
+                         f"digits models promote {default_version().version}") from exc
+

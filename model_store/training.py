@@ -169,6 +169,7 @@ class _MemberJob:
     x_val: NDArray[np.uint8]
     y_val: NDArray[np.int64]
     deadline: float  # time.time() after which no further epoch starts
+    steps_per_epoch: int  # batches per epoch, also the unit of the parent's progress total
     out: Path | None = None  # where a child process saves the member
 
 
@@ -188,7 +189,7 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
     keras.utils.set_random_seed(seed)
     x_train = rows_to_tensor(job.x_train)
     epochs = config.resolved_epochs()
-    steps_per_epoch = int(np.ceil(len(x_train) / config.batch_size))
+    steps_per_epoch = job.steps_per_epoch
     name = f"member_{job.index + 1}" if config.ensemble > 1 else None
     model = _build(config.arch, name, config.precision)
     if config.arch == "mlp":
@@ -351,7 +352,7 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
             progress(done, total, label)
 
     jobs = [_MemberJob(config, i, split.x_train, split.y_train, split.x_val, split.y_val,
-                       deadline) for i in range(config.ensemble)]
+                       deadline, steps_per_epoch) for i in range(config.ensemble)]
     with tempfile.TemporaryDirectory() as tmp:
         trained = _train_members(jobs, workers, report, Path(tmp))
     if not trained:

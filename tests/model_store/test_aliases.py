@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,13 @@ from model_store.aliases import (
     rollback_target,
     set_alias,
 )
-from model_store.registry import ModelVersion, default_version, register, resolve_active
+from model_store.registry import (
+    ModelError,
+    ModelVersion,
+    default_version,
+    register,
+    resolve_active,
+)
 
 
 def copy_of_default() -> ModelVersion:
@@ -101,3 +108,15 @@ def move(src: int | None, dst: int, reason: str = "promote") -> AliasChange:
 def test_rollback_undoes_moves_like_a_stack(newest_first: list[AliasChange],
                                             target: int | None) -> None:
     assert rollback_target(newest_first) == target
+
+
+def test_an_alias_naming_a_version_no_longer_installed_says_how_to_fix_it(backend: str) -> None:
+    """A release drops an old bundled version (or someone deletes a trained one) that the
+    production alias still names: scoring stops with the fix spelled out, not a bare lookup."""
+    gone = copy_of_default()
+    set_alias("production", gone.version, "release")
+    shutil.rmtree(gone.path)
+    with pytest.raises(ModelError, match=(
+            rf"the production alias names version {gone.version}, which is not installed .*"
+            rf"digits models promote {default_version().version}$")):
+        resolve_active()

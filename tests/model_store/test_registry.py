@@ -31,3 +31,11 @@ def test_a_trained_version_with_a_bundled_number_is_reported_not_silently_swappe
 
 def test_no_warning_without_a_clash(home: Path) -> None:
     assert shadowed_versions() == []
+
+
+def test_the_package_bundles_exactly_one_model(home: Path) -> None:
+    """One bundled model keeps the package small (each is 3-7 MB); the versions it replaced
+    live in git history, and the README's model table says how each was made."""
+    bundled = [v for v in list_versions() if v.bundled]
+    assert [v.version for v in bundled] == [default_version().version]
+    assert bundled[0].model_file.stat().st_size < 10 * 2**20

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_store.registry import list_versions
+from model_store.registry import default_version, list_versions
 from model_store.training import evaluate
 from tests.conftest import SAMPLE
 
@@ -148,12 +148,14 @@ def test_stopping_train_ends_its_member_processes(home: Path, how: str) -> None:
 
 def test_models_evaluate_re_measures_a_version_on_the_held_out_rows(home: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "digits.cli", "models", "evaluate", "1", "--data", str(SAMPLE),
-         "--json"], capture_output=True, text=True, env=dict(os.environ), timeout=300)
+        [sys.executable, "-m", "digits.cli", "models", "evaluate", str(default_version().version),
+         "--data", str(SAMPLE), "--json"],
+        capture_output=True, text=True, env=dict(os.environ), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     measured = json.loads(result.stdout)
     clean, scans = measured["clean"], measured["scans"]
-    assert measured["version"] == 1 and clean["count"] == measured["rows"] == 20
+    assert measured["version"] == default_version().version
+    assert clean["count"] == measured["rows"] == 20
     assert clean["errors"] == round((1 - clean["accuracy"]) * 20)
     assert scans["count"] + scans["refused"] == 20
     assert 0 <= scans["review_threshold"]["coverage"] <= 1

@@ -310,6 +310,8 @@ def test_sqlite_two_worker_processes_never_hit_database_is_locked(
     seconds = time.monotonic() - started
     logs = "".join(w.log.read_text() for w in workers)
     served = [w.log.read_text().count("event=chunk_done") for w in workers]
+    # Each names itself digits-<pid>@<host>, so Celery remote control can tell them apart.
+    named = [f"digits-{w.proc.pid}@" in w.log.read_text() for w in workers]
     discard(*workers)
     assert state.status == "done", logs[-3000:]
     figures = outcome([done.batch_id])
@@ -319,6 +321,7 @@ def test_sqlite_two_worker_processes_never_hit_database_is_locked(
     assert locked == 0 and retries == 0, logs[-3000:]
     assert figures["reclaimed_chunks"] == 0  # every chunk done on its first attempt
     assert min(served) > 0, served  # both processes really wrote
+    assert named == [True, True], logs[-3000:]
     report("sqlite-two-workers[embedded]", items=3000, chunks=150, lost=0, duplicates=0,
            database_is_locked=locked, task_retries=retries, chunks_per_worker=served,
            seconds=round(seconds, 1))
