@@ -168,13 +168,17 @@ def train(
 def models_list(as_json: JsonOpt = False) -> None:
     """List registered model versions (bundled and trained) with the aliases naming them."""
     from model_store.aliases import all_aliases
-    from model_store.registry import list_versions, resolve_active, shadowed_versions
+    from model_store.registry import ModelError, list_versions, resolve_active, shadowed_versions
 
     for path in shadowed_versions():
         typer.echo(f"warning: {path} is hidden: this release bundles its own {path.name}. "
                    "Predictions made with it name that number; move the folder out of "
                    "DIGITS_MODELS_DIR to keep it.", err=True)
-    active = resolve_active().version
+    try:
+        active: int | None = resolve_active().version
+    except ModelError as exc:  # the list is how a user finds a version to promote instead
+        typer.secho(f"warning: {exc}", fg="yellow", err=True)
+        active = None
     aliases = all_aliases()
     rows = [{"version": v.version, "architecture": v.card.get("architecture"),
              "val_accuracy": v.card.get("validation", {}).get("accuracy"),
@@ -745,7 +749,13 @@ def main() -> None:
         )
         typer.secho(f"error: invalid settings: {problems}", fg="red", err=True)
         raise SystemExit(2) from None
-    app()
+    from model_store.registry import ModelError  # stdlib and settings only: no start-up cost
+
+    try:
+        app()
+    except ModelError as exc:  # e.g. the production alias names a version not installed here
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,7 @@ from model_store.registry import (
     register,
     resolve_active,
 )
+from tests.conftest import SAMPLE
 
 
 def copy_of_default() -> ModelVersion:
@@ -120,3 +124,12 @@ def test_an_alias_naming_a_version_no_longer_installed_says_how_to_fix_it(backen
             rf"the production alias names version {gone.version}, which is not installed .*"
             rf"digits models promote {default_version().version}$")):
         resolve_active()
+    cli = [sys.executable, "-m", "digits.cli"]
+    listed = subprocess.run([*cli, "models", "list"], capture_output=True, text=True,
+                            env=dict(os.environ), timeout=60)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert "warning: the production alias names" in listed.stderr, listed.stderr[-2000:]
+    refused = subprocess.run([*cli, "enqueue", str(SAMPLE)], capture_output=True, text=True,
+                             env=dict(os.environ), timeout=60)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith("error: the production alias names version")
