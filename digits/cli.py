@@ -105,8 +105,8 @@ def train(
     max_minutes: Annotated[float, typer.Option(
         help="Time bound: no epoch or member starts that cannot end by then.")] = 55.0,
     precision: Annotated[str, typer.Option(
-        help="float32, or bf16: mixed bfloat16 training, about 20% faster per step on CPUs "
-        "with AVX512_BF16 (emulated, slower, elsewhere); the saved model is float32.")
+        help="float32, or bf16: mixed bfloat16 training, faster on CPUs with AVX512_BF16 "
+        "(emulated, slower, elsewhere; README: Model); the saved model is float32.")
     ] = "float32",
     quiet: QuietOpt = False,
 ) -> None:

@@ -9,6 +9,6 @@ ARCHITECTURES = ("mlp", "cnn", "cnn-lite", "cnn-wide")
 #: Architectures that can be ensemble members (the origin's MLP is a baseline, not a member).
 ENSEMBLE_ARCHITECTURES = tuple(a for a in ARCHITECTURES if a != "mlp")
 
-#: Training precisions: float32, or mixed bfloat16 (about 20 % faster per step on CPUs with
-#: AVX512_BF16; the saved model is float32 either way).
+#: Training precisions: float32, or mixed bfloat16 (faster on CPUs with AVX512_BF16, see the
+#: README's Model section; the saved model is float32 either way).
 PRECISIONS = ("float32", "bf16")

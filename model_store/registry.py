@@ -60,24 +60,24 @@ def roots() -> list[tuple[Path, bool]]:
     return [(BUNDLED_DIR, True), (get_settings().local_models_dir, False)]
 
 
+def _version_folders(root: Path) -> list[tuple[int, Path]]:
+    """(number, folder) for each ``vN`` folder of ``root`` that has a card: folders without
+    one (a half-written or foreign folder) are not versions."""
+    if not root.is_dir():
+        return []
+    return [(int(child.name[1:]), child) for child in root.iterdir()
+            if child.name.startswith("v") and child.name[1:].isdigit()
+            and (child / CARD_FILE).is_file()]
+
+
 def list_versions() -> list[ModelVersion]:
-    """Every registered version, ascending. Folders without a card are not versions."""
+    """Every registered version, ascending; a bundled number hides a trained one."""
     found: dict[int, ModelVersion] = {}
     for root, bundled in roots():
-        if not root.is_dir():
-            continue
-        for child in root.iterdir():
-            name = child.name
-            if not (name.startswith("v") and name[1:].isdigit()):
-                continue
-            card_path = child / CARD_FILE
-            if not card_path.is_file():
-                continue
-            number = int(name[1:])
-            if number in found:
-                continue
-            card = json.loads(card_path.read_text())
-            found[number] = ModelVersion(number, child, card, bundled)
+        for number, folder in _version_folders(root):
+            if number not in found:
+                card = json.loads((folder / CARD_FILE).read_text())
+                found[number] = ModelVersion(number, folder, card, bundled)
     return [found[k] for k in sorted(found)]
 
 
@@ -88,13 +88,9 @@ def shadowed_versions() -> list[Path]:
     user who trained locally may already have a version with that number. The bundled one
     wins (every installation of a release must agree on what its versions are), so the
     trained one is reported here instead of silently disappearing."""
-    bundled = {v.version for v in list_versions() if v.bundled}
-    local = get_settings().local_models_dir
-    if not local.is_dir():
-        return []
-    return sorted(child for child in local.iterdir()
-                  if child.name.startswith("v") and child.name[1:].isdigit()
-                  and int(child.name[1:]) in bundled and (child / CARD_FILE).is_file())
+    bundled = {number for number, _ in _version_folders(BUNDLED_DIR)}
+    return sorted(folder for number, folder in _version_folders(get_settings().local_models_dir)
+                  if number in bundled)
 
 
 def get_version(version: int) -> ModelVersion:
@@ -177,4 +173,3 @@ def resolve_active(requested: int | None = None) -> ModelVersion:
         raise ModelError(f"the production alias names version {target}, which is not installed "
                          f"here; move it to an installed version (digits models list), e.g. "
                          f"digits models promote {default_version().version}") from exc
-
