@@ -108,6 +108,9 @@ def train(
         help="float32, or bf16: mixed bfloat16 training, faster on CPUs with AVX512_BF16 "
         "(emulated, slower, elsewhere; README: Model); the saved model is float32.")
     ] = "float32",
+    elastic: Annotated[bool, typer.Option(
+        help="Add elastic distortions (Simard et al. 2003) to half the training images.")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a model on a labelled CSV and register it as a new immutable version."""
@@ -133,7 +136,7 @@ def train(
     from scheduler.csv_input import CsvFileError
 
     config = TrainConfig(arch=arch, epochs=epochs, seed=seed, max_minutes=max_minutes,
-                         ensemble=ensemble, jobs=jobs, precision=precision,
+                         ensemble=ensemble, jobs=jobs, precision=precision, elastic=elastic,
                          command=shlex.join(["digits", *sys.argv[1:]]))
     err = console()
     started = time.monotonic()
