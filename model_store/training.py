@@ -103,7 +103,7 @@ def _elastic(x: Any, share: float, alpha: float, sigma: float) -> Any:
     low = tf.cast(low, tf.int32) + 1  # +1: the border
 
     def at(dy: int, dx: int) -> Any:
-        index = tf.clip_by_value(low + [dy, dx], 0, size + 1)
+        index = tf.clip_by_value(low + tf.constant([dy, dx]), 0, size + 1)
         return tf.gather_nd(padded, index, batch_dims=1)
 
     fy, fx = frac[..., 0], frac[..., 1]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from digits.settings import get_settings
+from model_store.registry import ModelError
 from scheduler.inbox import Inbox
 
 log = logging.getLogger("digits.scheduler")
@@ -83,6 +84,7 @@ def run_scheduler(stop: threading.Event, beat: bool = True) -> None:
     service = start_beat() if beat else None
     metrics.serve("scheduler")  # only when DIGITS_METRICS_PORT is set
     next_sweep = 0.0
+    failing: str | None = None  # the error the last iteration failed with, if it failed
     log.info("scheduler watching %s", inbox.root)
     try:
         while not stop.is_set():
@@ -93,8 +95,11 @@ def run_scheduler(stop: threading.Event, beat: bool = True) -> None:
                     inbox.file_failures()
                     next_sweep = time.monotonic() + settings.sweep_seconds
                 metrics.update_queue_gauges()
-            except Exception:  # the database or broker may be down: log, wait, go on
-                log.exception("scheduler iteration failed; retrying")
+                if failing is not None:
+                    log.info("scheduler iteration succeeded again after: %s", failing)
+                    failing = None
+            except Exception as exc:  # the database or broker may be down: log, wait, go on
+                failing = _log_failure(exc, failing)
                 stop.wait(2.0)
             # a file needs `settle` seconds of stillness: wake again just after that
             wake.wait(settings.inbox_poll_seconds)
@@ -107,6 +112,19 @@ def run_scheduler(stop: threading.Event, beat: bool = True) -> None:
         if service is not None:
             service.stop()
         metrics.stop()
+
+
+def _log_failure(exc: Exception, previous: str | None) -> str:
+    """Log a failed scheduler iteration once, not every 2 s while the cause lasts (a database
+    that is down, a production alias naming a missing model); returns the error's text.
+    A ``ModelError`` already says what is wrong and how to fix it: one line, no traceback."""
+    text = f"{type(exc).__name__}: {exc}"
+    if text != previous:
+        if isinstance(exc, ModelError):
+            log.error("scheduler iteration failed; retrying every 2 s until fixed: %s", exc)
+        else:
+            log.exception("scheduler iteration failed; retrying every 2 s")
+    return text
 
 
 def install_stop_handlers(stop: threading.Event) -> None:

@@ -46,7 +46,7 @@ def test_train_ensemble_is_one_safely_loadable_version(home: Path) -> None:
     new = list_versions()[-1].version + 1
     result = subprocess.run(
         [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "cnn-lite",
-         "--ensemble", "2", "--epochs", "1"],
+         "--ensemble", "2", "--epochs", "1", "--elastic"],
         capture_output=True, text=True, env=dict(os.environ), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(ensemble of 2 cnn-lite)" in result.stdout
@@ -62,6 +62,7 @@ def test_train_ensemble_is_one_safely_loadable_version(home: Path) -> None:
     version = get_version(new)
     card = version.card
     assert [m["seed"] for m in card["training"]["members"]] == [0, 1000]
+    assert "elastically distorted" in card["training"]["augmentation"]
     assert all(m["epochs_run"] == 1 for m in card["training"]["members"])
     # Calibration saw the clean held-out rows and the same rows rendered as scans.
     scans = card["scan_validation"]
@@ -87,6 +88,7 @@ def test_bf16_training_saves_a_float32_model(home: Path) -> None:
 
     version = get_version(new)
     assert version.card["training"]["precision"].startswith("mixed bfloat16")
+    assert "elastic" not in version.card["training"]["augmentation"]  # only when asked
     model = load(version)
     policies = {layer.dtype_policy.name for member in model.layers[1:3] for layer in member.layers}
     assert policies == {"float32"}
@@ -187,3 +189,23 @@ def test_review_threshold_reports_coverage_and_accuracy(threshold: float,
     assert report["coverage"] == coverage
     assert report["accuracy_above"] == (None if coverage == 0 else 1.0 if coverage == 0.5
                                         else 0.5)
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_elastic_distortion_bends_strokes_without_losing_ink(share: float) -> None:
+    import tensorflow as tf
+
+    from model_store.data import load_split
+    from model_store.training import ELASTIC_ALPHA, ELASTIC_SIGMA, _elastic
+
+    images = (load_split(SAMPLE).x_train[:32].reshape(-1, 28, 28, 1) / 255).astype(np.float32)
+    tf.random.set_seed(0)
+    out = _elastic(tf.constant(images), share, ELASTIC_ALPHA, ELASTIC_SIGMA).numpy()
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+    changed = np.abs(out - images).reshape(len(images), -1).max(axis=1) > 0.1
+    assert changed.all() if share else not changed.any()
+    # MNIST digits sit in a 20x20 box with a 4-pixel margin: a distortion of about a pixel
+    # stretches some strokes and squeezes others (one image's ink changes by up to ~40 %) but
+    # loses no ink on the whole and leaves every digit most of its strokes.
+    ink = out.reshape(len(images), -1).sum(axis=1) / images.reshape(len(images), -1).sum(axis=1)
+    assert abs(ink.mean() - 1) < 0.05 and ink.min() > 0.5
