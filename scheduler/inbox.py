@@ -65,6 +65,10 @@ class Inbox:
         self.max_wait = max_wait
         for name in RESERVED:
             (self.root / name).mkdir(parents=True, exist_ok=True)
+        # Drops this scheduler claimed but could not commit yet (the database down, the
+        # production model missing): retried by the next scan instead of waiting in
+        # ``processing/`` until a restart's reconcile.
+        self.unfinished: list[Path] = []
 
     # ------------------------------------------------------------ scanning and claiming
     def ready(self, now: float | None = None) -> tuple[list[Path], list[Path]]:
@@ -147,31 +151,41 @@ class Inbox:
                                                          Chunk.state == "queued")).all()
         send_chunks(list(queued))
 
+    def recover(self, drop: Path) -> Ingested | None:
+        """Finish a drop left in ``processing/`` by a crash or a failed ingest, whatever
+        point it reached: committed (just move + send), half-enqueued (start over) or not
+        started (ingest)."""
+        with session(write=True) as sess:
+            batch_id = sess.scalar(select(Batch.id).where(
+                Batch.source == SOURCE_PREFIX + drop.name))
+            if batch_id is not None and sess.get_one(Batch, batch_id).status == "enqueueing":
+                # stopped half-way through enqueueing (nothing sent yet): start it over
+                sess.execute(delete(Batch).where(Batch.id == batch_id))
+                batch_id = None
+        if batch_id is None:
+            return self.ingest(drop)
+        self.finish(drop, batch_id)
+        log.info("reconciled drop %s (batch %s)", drop.name, batch_id)
+        return None
+
     def reconcile(self) -> list[Ingested]:
         """On start-up: finish drops a killed scheduler left in ``processing/``."""
-        out: list[Ingested] = []
-        for drop in sorted((self.root / "processing").iterdir()):
-            if not drop.is_dir():
-                continue
-            with session(write=True) as sess:
-                batch_id = sess.scalar(select(Batch.id).where(
-                    Batch.source == SOURCE_PREFIX + drop.name))
-                if batch_id is not None and sess.get_one(Batch, batch_id).status == "enqueueing":
-                    # killed half-way through enqueueing (nothing sent yet): start it over
-                    sess.execute(delete(Batch).where(Batch.id == batch_id))
-                    batch_id = None
-            if batch_id is not None:
-                self.finish(drop, batch_id)  # committed before the crash: just move + send
-                log.info("reconciled drop %s (batch %s)", drop.name, batch_id)
-            else:
-                ingested = self.ingest(drop)
-                if ingested:
-                    out.append(ingested)
-        return out
+        drops = [d for d in sorted((self.root / "processing").iterdir()) if d.is_dir()]
+        return [i for drop in drops if (i := self.recover(drop))]
 
     def scan(self) -> list[Ingested]:
+        """Claim what is ready and commit it; an error leaves the rest for the next scan."""
+        retry = bool(self.unfinished)
         files, folders = self.ready()
-        return [i for drop in self.claim(files, folders) if (i := self.ingest(drop))]
+        self.unfinished += self.claim(files, folders)
+        out: list[Ingested] = []
+        while self.unfinished:
+            drop = self.unfinished[0]
+            ingested = self.recover(drop) if retry else self.ingest(drop)
+            self.unfinished.pop(0)
+            if ingested:
+                out.append(ingested)
+        return out
 
     # ------------------------------------------------------------ failures
     def file_failures(self) -> int:
