@@ -174,14 +174,14 @@ class Inbox:
         return [i for drop in drops if (i := self.recover(drop))]
 
     def scan(self) -> list[Ingested]:
-        """Claim what is ready and commit it; an error leaves the rest for the next scan."""
-        retry = bool(self.unfinished)
+        """Claim what is ready and commit it; an error leaves the rest for the next scan.
+        Every drop goes through ``recover``, which costs a new drop one batch lookup and
+        finishes one that an earlier scan committed only in part, whatever point it reached."""
         files, folders = self.ready()
         self.unfinished += self.claim(files, folders)
         out: list[Ingested] = []
         while self.unfinished:
-            drop = self.unfinished[0]
-            ingested = self.recover(drop) if retry else self.ingest(drop)
+            ingested = self.recover(self.unfinished[0])
             self.unfinished.pop(0)
             if ingested:
                 out.append(ingested)

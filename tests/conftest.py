@@ -70,8 +70,12 @@ def pg_url() -> Iterator[str]:
 
 @pytest.fixture
 def redis_url() -> str:
-    """A Redis db (1–15, by pid, so parallel test sessions rarely meet), flushed: ours now."""
-    url = f"{REDIS_URL}/{1 + os.getpid() % 15}"
+    """A Redis db of our own, flushed. pytest-xdist's workers (gw0, gw1, …) take dbs 1, 2, …
+    so they never share one; a run without xdist picks one by pid (8–15), so two such
+    sessions on one machine rarely meet."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    db = 1 + int(worker[2:]) if worker.startswith("gw") else 8 + os.getpid() % 8
+    url = f"{REDIS_URL}/{db}"
     redis.Redis.from_url(url).flushdb()
     return url
 
