@@ -151,15 +151,34 @@ def _augmenter(seed: int, elastic: bool = False) -> Any:
 ReportFn = Callable[[int, str], None]  # (steps just done, description)
 
 
-def _keras_callback(report: ReportFn, deadline: float, prefix: str) -> Any:
+def _keras_callback(report: ReportFn, deadline: float, prefix: str, epochs: int,
+                    steps_per_epoch: int, scheduled: bool) -> Any:
     """A Keras callback that reports steps to a plain function (keeps rich out of training)
-    and stops at the end of the first epoch that ends past ``deadline`` (wall clock)."""
+    and keeps training inside ``deadline`` (wall clock): after every epoch it fits the
+    remaining schedule to the time left at the pace measured so far (``model_store.schedule``)
+    and stops when the fitted schedule ends. With ``scheduled`` it also sets the learning rate
+    of every step from that schedule (the CNNs); without, only the epoch count is fitted (the
+    origin's MLP keeps RMSprop's constant rate)."""
     import keras
+
+    from model_store.schedule import fitted_epochs, learning_rate
 
     class Callback(keras.callbacks.Callback):  # type: ignore[misc]
         epochs_run = 0
-        stopped_early = False
+        schedule_epochs = epochs  # the epochs the schedule now ends at
         pending = 0
+        epoch = 0
+        first_epoch_end = 0.0
+        last_rate = 0.0
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.epoch = epoch
+
+        def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            if scheduled:
+                self.last_rate = learning_rate(self.epoch * steps_per_epoch + batch,
+                                               steps_per_epoch, self.schedule_epochs)
+                self.model.optimizer.learning_rate = self.last_rate
 
         def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
             self.pending += 1
@@ -169,12 +188,21 @@ def _keras_callback(report: ReportFn, deadline: float, prefix: str) -> Any:
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             logs = logs or {}
-            self.epochs_run = epoch + 1
-            report(self.pending, f"{prefix}epoch {epoch + 1}: loss {logs.get('loss', 0):.4f} "
+            now = time.time()
+            self.epochs_run = done = epoch + 1
+            report(self.pending, f"{prefix}epoch {done}: loss {logs.get('loss', 0):.4f} "
                                  f"acc {logs.get('accuracy', 0):.4f}")
             self.pending = 0
-            if time.time() > deadline:
-                self.stopped_early = True
+            if done == 1:
+                # The pace is measured from the second epoch on (the first also traces the
+                # graph); the warm-up epoch does not depend on the schedule's length.
+                self.first_epoch_end = now
+                if now >= deadline:
+                    self.schedule_epochs = done
+            else:
+                pace = (now - self.first_epoch_end) / (done - 1)
+                self.schedule_epochs = fitted_epochs(epochs, done, pace, deadline - now)
+            if done >= self.schedule_epochs:
                 self.model.stop_training = True
 
     return Callback()
@@ -223,8 +251,9 @@ class _MemberJob:
 
 
 def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any]] | None:
-    """Fit one model (Adam, one warm-up epoch, cosine decay; augmented batches) and score it
-    on the validation rows. Returns None if the time limit passed before it could start."""
+    """Fit one model (Adam, one warm-up epoch, cosine decay fitted to the time limit;
+    augmented batches) and score it on the validation rows. Returns None if the time limit
+    passed before it could start."""
     import keras
     import tensorflow as tf
 
@@ -241,14 +270,9 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
     steps_per_epoch = job.steps_per_epoch
     name = f"member_{job.index + 1}" if config.ensemble > 1 else None
     model = _build(config.arch, name, config.precision)
-    if config.arch == "mlp":
-        optimizer: Any = keras.optimizers.RMSprop()
-    else:
-        schedule = keras.optimizers.schedules.CosineDecay(
-            0.0, decay_steps=steps_per_epoch * epochs, warmup_target=2e-3,
-            warmup_steps=steps_per_epoch,
-        )
-        optimizer = keras.optimizers.Adam(schedule)
+    scheduled = config.arch != "mlp"
+    # The CNNs' rate is set before every step by the callback (model_store.schedule).
+    optimizer = keras.optimizers.Adam(0.0) if scheduled else keras.optimizers.RMSprop()
     model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
     # One endless iterator for the whole fit (reshuffled on every pass): with a finite
     # dataset Keras builds and destroys an iterator per epoch, and on one 2-core VM each
@@ -260,7 +284,7 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
         dataset = dataset.map(_augmenter(seed, config.elastic), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     prefix = f"member {job.index + 1}/{config.ensemble} " if config.ensemble > 1 else ""
-    callback = _keras_callback(report, job.deadline, prefix)
+    callback = _keras_callback(report, job.deadline, prefix, epochs, steps_per_epoch, scheduled)
     model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[callback],
               verbose=0)
     if config.precision != "float32":
@@ -268,7 +292,9 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
     predicted = model.predict(rows_to_tensor(job.x_val), batch_size=1000, verbose=0).argmax(axis=1)
     card = {
         "member": job.index + 1, "seed": seed, "epochs_run": callback.epochs_run,
-        "stopped_by_time_limit": callback.stopped_early,
+        "stopped_by_time_limit": callback.schedule_epochs < epochs,
+        "schedule_epochs": callback.schedule_epochs,
+        **({"final_learning_rate": float(f"{callback.last_rate:.3g}")} if scheduled else {}),
         "wall_seconds": round(time.time() - started, 1),
         "validation_accuracy": float((predicted == job.y_val).mean()),
         "validation_errors": int((predicted != job.y_val).sum()),
@@ -450,7 +476,8 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
             if config.precision == "bf16" else "float32",
             "augmentation": _augmentation(config),
             "optimizer": "RMSprop" if config.arch == "mlp"
-            else "Adam, 1 warm-up epoch to 2e-3 then cosine decay to 0",
+            else "Adam, 1 warm-up epoch to 2e-3 then cosine decay to 0 over the member's "
+            "schedule_epochs (the planned epochs, or fewer if they would not fit max_minutes)",
             "ensemble_planned": config.ensemble, "parallel_jobs": workers,
             "members": member_cards,
             "max_minutes": config.max_minutes,

@@ -1,0 +1,61 @@
+"""The learning-rate schedule and its fit to the time limit (``model_store.schedule``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model_store.registry import list_versions
+from model_store.schedule import PEAK_LEARNING_RATE, fitted_epochs, learning_rate
+from tests.conftest import SAMPLE
+
+
+@pytest.mark.parametrize("step", [0, 1, 149, 295, 296, 297, 1000, 5000, 14799, 15095])
+def test_unshortened_schedule_is_keras_cosine_decay_with_warmup(step: int) -> None:
+    """Versions 1-3 trained with Keras' CosineDecay; an unshortened schedule is the same."""
+    import keras
+
+    steps, epochs = 296, 50  # v3's recipe: 37,800 rows in batches of 128
+    keras_schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=steps * epochs, warmup_target=PEAK_LEARNING_RATE, warmup_steps=steps)
+    assert learning_rate(step, steps, epochs) == pytest.approx(
+        float(keras_schedule(step)), rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("done", "pace", "remaining", "expected"),
+    [
+        (2, 60.0, 48 * 60.0, 50),  # the rest fits exactly: as planned
+        (2, 60.0, 100 * 60.0, 50),  # time to spare: never more than planned
+        (2, 120.0, 48 * 60.0, 26),  # twice as slow: 24 more epochs fit
+        (2, 120.0, 119.0, 2),  # not one more epoch fits: stop now
+        (10, 60.0, -5.0, 10),  # past the deadline: stop now
+        (20, 130.0, 6 * 125.0, 25),  # slower than expected late on: one epoch less
+        (20, 100.0, 60 * 100.0, 50),  # the pace recovered: back to the plan
+    ],
+)
+def test_fitted_epochs(done: int, pace: float, remaining: float, expected: int) -> None:
+    assert fitted_epochs(50, done, pace, remaining) == expected
+
+
+def test_schedule_shortened_by_the_time_limit_still_anneals(home: Path) -> None:
+    """500 planned epochs in 30 s: the member ends its schedule when the time is up, at a
+    low rate; cutting the 500-epoch schedule off there would leave it near the peak."""
+    new = list_versions()[-1].version + 1
+    result = subprocess.run(
+        [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "cnn-lite",
+         "--epochs", "500", "--max-minutes", "0.5", "--quiet"],
+        capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = json.loads((home / "models" / f"v{new}" / "card.json").read_text())
+    training = card["training"]
+    (member,) = training["members"]
+    assert training["epochs_planned"] == 500 and training["stopped_by_time_limit"]
+    assert 2 <= member["epochs_run"] == member["schedule_epochs"] < 500
+    assert member["final_learning_rate"] < 0.5 * PEAK_LEARNING_RATE
+    assert "schedule_epochs" in training["optimizer"]
