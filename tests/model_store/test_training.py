@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -209,3 +210,25 @@ def test_elastic_distortion_bends_strokes_without_losing_ink(share: float) -> No
     # loses no ink on the whole and leaves every digit most of its strokes.
     ink = out.reshape(len(images), -1).sum(axis=1) / images.reshape(len(images), -1).sum(axis=1)
     assert abs(ink.mean() - 1) < 0.05 and ink.min() > 0.5
+
+
+def _slow_square(x: int, fail: bool) -> int:
+    time.sleep(0.2)
+    if fail:
+        raise ValueError("rendering failed")
+    return x * x
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_background_work_hands_back_its_result_or_its_error(fail: bool) -> None:
+    """Training renders the held-out scans on a daemon thread (an exit never waits for it)."""
+    from model_store.training import _in_background
+
+    result = _in_background(_slow_square, 7, fail)
+    (thread,) = [t for t in threading.enumerate() if t.name == "_slow_square"]
+    assert thread.daemon
+    if fail:
+        with pytest.raises(ValueError, match="rendering failed"):
+            result()
+    else:
+        assert result() == 49
