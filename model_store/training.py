@@ -148,10 +148,11 @@ def _augmenter(seed: int, elastic: bool = False) -> Any:
     return apply
 
 
-ReportFn = Callable[[int, str], None]  # (steps just done, description)
+# (steps just done, description, member index, the epochs that member's schedule now has)
+ReportFn = Callable[[int, str, int, int], None]
 
 
-def _keras_callback(report: ReportFn, deadline: float, prefix: str, epochs: int,
+def _keras_callback(report: ReportFn, deadline: float, member: int, prefix: str, epochs: int,
                     steps_per_epoch: int, scheduled: bool) -> Any:
     """A Keras callback that reports steps to a plain function (keeps rich out of training)
     and keeps training inside ``deadline`` (wall clock): after every epoch it fits the
@@ -183,16 +184,13 @@ def _keras_callback(report: ReportFn, deadline: float, prefix: str, epochs: int,
         def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
             self.pending += 1
             if self.pending >= 10:
-                report(self.pending, "")
+                report(self.pending, "", member, self.schedule_epochs)
                 self.pending = 0
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             logs = logs or {}
             now = time.time()
             self.epochs_run = done = epoch + 1
-            report(self.pending, f"{prefix}epoch {done}: loss {logs.get('loss', 0):.4f} "
-                                 f"acc {logs.get('accuracy', 0):.4f}")
-            self.pending = 0
             if done == 1:
                 # The pace is measured from the second epoch on (the first also traces the
                 # graph); the warm-up epoch does not depend on the schedule's length.
@@ -202,6 +200,10 @@ def _keras_callback(report: ReportFn, deadline: float, prefix: str, epochs: int,
             else:
                 pace = (now - self.first_epoch_end) / (done - 1)
                 self.schedule_epochs = fitted_epochs(epochs, done, pace, deadline - now)
+            report(self.pending, f"{prefix}epoch {done}/{self.schedule_epochs}: loss "
+                   f"{logs.get('loss', 0):.4f} acc {logs.get('accuracy', 0):.4f}",
+                   member, self.schedule_epochs)
+            self.pending = 0
             if done >= self.schedule_epochs:
                 self.model.stop_training = True
 
@@ -284,7 +286,8 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
         dataset = dataset.map(_augmenter(seed, config.elastic), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     prefix = f"member {job.index + 1}/{config.ensemble} " if config.ensemble > 1 else ""
-    callback = _keras_callback(report, job.deadline, prefix, epochs, steps_per_epoch, scheduled)
+    callback = _keras_callback(report, job.deadline, job.index, prefix, epochs, steps_per_epoch,
+                               scheduled)
     model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[callback],
               verbose=0)
     if config.precision != "float32":
@@ -353,7 +356,7 @@ def _member_init(events: Any, parent: int) -> None:
 
 def _member_process(job: _MemberJob) -> dict[str, Any] | None:
     """Train one member in a child process, save it to ``job.out``, return its card."""
-    result = _train_member(job, lambda steps, label: _events.put((steps, label)))
+    result = _train_member(job, lambda *event: _events.put(event))
     if result is None:
         return None
     model, card = result
@@ -440,16 +443,19 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
     split = load_split(data, config.val_fraction)
     epochs = config.resolved_epochs()
     steps_per_epoch = int(np.ceil(len(split.y_train) / config.batch_size))
-    total = steps_per_epoch * epochs * config.ensemble
     deadline = started + config.max_minutes * 60
     workers = config.resolved_jobs()
     done = 0
+    schedules = [epochs] * config.ensemble  # each member's epochs, as fitted to the time limit
 
-    def report(steps: int, label: str) -> None:
+    def report(steps: int, label: str, member: int, schedule_epochs: int) -> None:
+        """Progress in steps of all members; the total follows their fitted schedules, so a
+        bar's time remaining is what the time limit allows, not what was planned."""
         nonlocal done
         done += steps
+        schedules[member] = schedule_epochs
         if progress:
-            progress(done, total, label)
+            progress(done, steps_per_epoch * sum(schedules), label)
 
     jobs = [_MemberJob(config, i, split.x_train, split.y_train, split.x_val, split.y_val,
                        deadline, steps_per_epoch) for i in range(config.ensemble)]

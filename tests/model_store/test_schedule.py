@@ -49,7 +49,7 @@ def test_schedule_shortened_by_the_time_limit_still_anneals(home: Path) -> None:
     new = list_versions()[-1].version + 1
     result = subprocess.run(
         [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "cnn-lite",
-         "--epochs", "500", "--max-minutes", "0.5", "--quiet"],
+         "--epochs", "500", "--max-minutes", "0.5"],
         capture_output=True, text=True, env=dict(os.environ), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     card = json.loads((home / "models" / f"v{new}" / "card.json").read_text())
@@ -59,3 +59,8 @@ def test_schedule_shortened_by_the_time_limit_still_anneals(home: Path) -> None:
     assert 2 <= member["epochs_run"] == member["schedule_epochs"] < 500
     assert member["final_learning_rate"] < 0.5 * PEAK_LEARNING_RATE
     assert "schedule_epochs" in training["optimizer"]
+    # Without a terminal, one line per epoch: its total follows the fitted schedule, so the
+    # last line is a full bar (180 training rows in batches of 128: 2 steps per epoch).
+    epochs = member["epochs_run"]
+    last = [line for line in result.stderr.splitlines() if " steps  epoch " in line][-1]
+    assert f"] {2 * epochs}/{2 * epochs} steps  epoch {epochs}/{epochs}: " in last

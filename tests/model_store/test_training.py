@@ -55,7 +55,7 @@ def test_train_ensemble_is_one_safely_loadable_version(home: Path) -> None:
     # (180 training rows in batches of 128: 2 steps per member epoch, 4 in all).
     lines = [line for line in result.stderr.splitlines() if " steps  member " in line]
     assert sorted(line.split("steps  ")[1].split(":")[0] for line in lines) == [
-        "member 1/2 epoch 1", "member 2/2 epoch 1"]
+        "member 1/2 epoch 1/1", "member 2/2 epoch 1/1"]
     assert lines[-1].split("] ")[1].startswith("4/4 steps")
     from model_store.loading import load
     from model_store.registry import get_version
@@ -130,7 +130,7 @@ def test_stopping_train_ends_its_member_processes(home: Path, how: str) -> None:
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even if CI ignores it
     assert proc.stderr is not None
     for line in proc.stderr:  # without a terminal, one line per member epoch
-        if "epoch 1:" in line:
+        if "epoch 1/1000:" in line:
             break
     members = _children(proc.pid)
     assert proc.poll() is None and len(members) >= 2, "members should be training"
