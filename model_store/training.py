@@ -26,8 +26,6 @@ from model_store.data import SPLIT_SEED, VAL_FRACTION, Split, load_split
 from model_store.registry import ModelVersion, register, sha256_file
 from worker.preprocess import rows_to_tensor, stack
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 ProgressFn = Callable[[int, int, str], None]  # (done steps, total steps, description)
 
 
@@ -546,15 +544,18 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
 def _machine() -> str:
     """Architecture, core count and CPU model: the same recipe's wall time differs several-fold
     between 2-core machines (AVX2-only vs AVX-512 CPUs), so a card's wall time names its CPU."""
-    model = platform.processor() or "unknown CPU"
+    model, vectors = platform.processor() or "unknown CPU", ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = line.split(":", 1)[1].split()
+                vectors = ", AVX-512" if "avx512f" in flags else ", AVX2" if "avx2" in flags else ""
                 break
     except OSError:
         pass
-    return f"{platform.machine()}, {os.cpu_count()} cores, {model}"
+    return f"{platform.machine()}, {os.cpu_count()} cores, {model}{vectors}"
 
 
 def scan_like_validation(
