@@ -103,8 +103,9 @@ def train(
         help="Members trained side by side in child processes (0: one per core).", min=0)] = 0,
     seed: Annotated[int, typer.Option(help="Random seed (member i uses seed + 1000 i).")] = 0,
     max_minutes: Annotated[float, typer.Option(
-        help="Time bound for the members: a member whose epochs would not fit ends its "
-        "learning-rate schedule sooner, so it still anneals; none starts after it.")] = 55.0,
+        help="Time bound for the members. Members beyond --jobs train in later waves, each "
+        "wave an equal share; a member whose epochs would not fit its share ends its "
+        "learning-rate schedule sooner, so it still anneals.")] = 55.0,
     precision: Annotated[str, typer.Option(
         help="float32, or bf16: mixed bfloat16 training, faster on CPUs with AVX512_BF16 "
         "(emulated, slower, elsewhere; README: Model); the saved model is float32.")

@@ -5,8 +5,8 @@ the last epoch. A time limit that cuts a cosine schedule short leaves the model 
 learning rate, far from the minimum it was heading for: the same recipe is 2-3x slower on an
 AVX2-only CPU than on an AVX-512 one, and stopping v3's 50-epoch recipe there after 25 epochs
 would waste the hour. So after every epoch from the second on, the schedule is fitted to the
-epochs the remaining time holds at the pace measured so far (never more than planned): a
-shorter run that still anneals, instead of a long one that never does.
+epochs the remaining time holds at the recent pace (never more than planned): a shorter run
+that still anneals, instead of a long one that never does.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import math
 
 PEAK_LEARNING_RATE = 2e-3
 WARMUP_EPOCHS = 1
+PACE_WINDOW = 3  # epochs the pace is measured over
 
 
 def learning_rate(step: int, steps_per_epoch: int, epochs: int,
@@ -34,10 +35,34 @@ def learning_rate(step: int, steps_per_epoch: int, epochs: int,
 def fitted_epochs(planned: int, done: int, seconds_per_epoch: float, remaining: float) -> int:
     """How many epochs the schedule should end at, now that ``done`` are done: ``planned`` if
     the rest fits in ``remaining`` seconds at ``seconds_per_epoch``, else as many as fit, and
-    ``done`` (stop now) if none does. Refitted after every epoch with the mean pace so far, so
-    a slow start (the other member still loading, a busy core) shortens it only as long as
-    the slowness lasts; each refit moves the rate only a little, as the pace changes little."""
+    ``done`` (stop now) if none does. Refitted after every epoch with the recent pace
+    (``pace``), so a slow start (the other member still loading, a busy core) shortens it
+    only as long as the slowness lasts; each refit moves the rate only a little, as the pace
+    changes little."""
     if remaining <= 0:
         return done
     fit = done + int(remaining // max(seconds_per_epoch, 1e-9))
     return min(planned, fit)
+
+
+def member_deadlines(start: float, seconds: float, members: int, jobs: int) -> list[float]:
+    """When each member's schedule must end. Members train ``jobs`` at a time, so in
+    ceil(members / jobs) waves; each wave gets an equal share of the time limit. With one
+    deadline for all, the first wave would fit its schedules to the whole limit (each refit
+    sees all of it as its own) and the later members would never start."""
+    jobs = max(1, min(jobs, members))
+    waves = math.ceil(members / jobs)
+    return [start + seconds * (index // jobs + 1) / waves for index in range(members)]
+
+
+def pace(epoch_ends: list[float], window: int = PACE_WINDOW) -> float | None:
+    """Seconds per epoch over the last ``window`` epochs, from the wall-clock times at which
+    the epochs ended; None before two have ended. The first epoch's own duration never
+    counts (it also traces the graph). Recent, not the mean since the start: training
+    renders the held-out scans on the parent's thread for its first minutes, which slows
+    the first members by a third; a mean since the start remembered that until the end
+    and kept refitting the schedule upwards (25 -> 34 epochs) late in the decay."""
+    if len(epoch_ends) < 2:
+        return None
+    first = max(0, len(epoch_ends) - 1 - window)
+    return (epoch_ends[-1] - epoch_ends[first]) / (len(epoch_ends) - 1 - first)

@@ -24,6 +24,7 @@ from model_store.calibration import apply_temperature, expected_calibration_erro
 from model_store.choices import PRECISIONS
 from model_store.data import SPLIT_SEED, VAL_FRACTION, Split, load_split
 from model_store.registry import ModelVersion, register, sha256_file
+from model_store.schedule import PEAK_LEARNING_RATE, member_deadlines
 from worker.preprocess import rows_to_tensor, stack
 
 ProgressFn = Callable[[int, int, str], None]  # (done steps, total steps, description)
@@ -154,21 +155,24 @@ def _keras_callback(report: ReportFn, deadline: float, member: int, prefix: str,
                     steps_per_epoch: int, scheduled: bool) -> Any:
     """A Keras callback that reports steps to a plain function (keeps rich out of training)
     and keeps training inside ``deadline`` (wall clock): after every epoch it fits the
-    remaining schedule to the time left at the pace measured so far (``model_store.schedule``)
+    remaining schedule to the time left at the recent pace (``model_store.schedule``)
     and stops when the fitted schedule ends. With ``scheduled`` it also sets the learning rate
     of every step from that schedule (the CNNs); without, only the epoch count is fitted (the
     origin's MLP keeps RMSprop's constant rate)."""
     import keras
 
-    from model_store.schedule import fitted_epochs, learning_rate
+    from model_store.schedule import fitted_epochs, learning_rate, pace
 
     class Callback(keras.callbacks.Callback):  # type: ignore[misc]
         epochs_run = 0
         schedule_epochs = epochs  # the epochs the schedule now ends at
         pending = 0
         epoch = 0
-        first_epoch_end = 0.0
         last_rate = 0.0
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.epoch_ends: list[float] = []  # wall-clock time each epoch ended
 
         def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             self.epoch = epoch
@@ -189,15 +193,15 @@ def _keras_callback(report: ReportFn, deadline: float, member: int, prefix: str,
             logs = logs or {}
             now = time.time()
             self.epochs_run = done = epoch + 1
-            if done == 1:
+            self.epoch_ends.append(now)
+            seconds = pace(self.epoch_ends)
+            if seconds is None:
                 # The pace is measured from the second epoch on (the first also traces the
                 # graph); the warm-up epoch does not depend on the schedule's length.
-                self.first_epoch_end = now
                 if now >= deadline:
                     self.schedule_epochs = done
             else:
-                pace = (now - self.first_epoch_end) / (done - 1)
-                self.schedule_epochs = fitted_epochs(epochs, done, pace, deadline - now)
+                self.schedule_epochs = fitted_epochs(epochs, done, seconds, deadline - now)
             report(self.pending, f"{prefix}epoch {done}/{self.schedule_epochs}: loss "
                    f"{logs.get('loss', 0):.4f} acc {logs.get('accuracy', 0):.4f}",
                    member, self.schedule_epochs)
@@ -245,7 +249,7 @@ class _MemberJob:
     y_train: NDArray[np.int64]
     x_val: NDArray[np.uint8]
     y_val: NDArray[np.int64]
-    deadline: float  # time.time() after which no further epoch starts
+    deadline: float  # time.time() by which this member's schedule must end
     steps_per_epoch: int  # batches per epoch, also the unit of the parent's progress total
     out: Path | None = None  # where a child process saves the member
 
@@ -441,7 +445,6 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
     split = load_split(data, config.val_fraction)
     epochs = config.resolved_epochs()
     steps_per_epoch = int(np.ceil(len(split.y_train) / config.batch_size))
-    deadline = started + config.max_minutes * 60
     workers = config.resolved_jobs()
     done = 0
     schedules = [epochs] * config.ensemble  # each member's epochs, as fitted to the time limit
@@ -455,8 +458,9 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
         if progress:
             progress(done, steps_per_epoch * sum(schedules), label)
 
+    deadlines = member_deadlines(started, config.max_minutes * 60, config.ensemble, workers)
     jobs = [_MemberJob(config, i, split.x_train, split.y_train, split.x_val, split.y_val,
-                       deadline, steps_per_epoch) for i in range(config.ensemble)]
+                       deadlines[i], steps_per_epoch) for i in range(config.ensemble)]
     # Render the held-out rows as scans while the members train: single-threaded Python
     # (160-280 s for 4,200 rows) that would otherwise run after them, on one core, while the
     # other idles. The members' schedules refit to the pace this costs them at first.
@@ -510,8 +514,10 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
             if config.precision == "bf16" else "float32",
             "augmentation": _augmentation(config),
             "optimizer": "RMSprop" if config.arch == "mlp"
-            else "Adam, 1 warm-up epoch to 2e-3 then cosine decay to 0 over the member's "
-            "schedule_epochs (the planned epochs, or fewer if they would not fit max_minutes)",
+            else f"Adam, 1 warm-up epoch to {PEAK_LEARNING_RATE:g} then cosine decay to 0 over "
+            "the member's schedule_epochs (the planned epochs, or fewer if they would not fit "
+            "its share of max_minutes: members beyond parallel_jobs train in later waves, and "
+            "each wave gets an equal share)",
             "ensemble_planned": config.ensemble, "parallel_jobs": workers,
             "members": member_cards,
             "max_minutes": config.max_minutes,

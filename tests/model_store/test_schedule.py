@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from model_store.registry import list_versions
-from model_store.schedule import PEAK_LEARNING_RATE, fitted_epochs, learning_rate
+from model_store.schedule import (
+    PEAK_LEARNING_RATE,
+    fitted_epochs,
+    learning_rate,
+    member_deadlines,
+    pace,
+)
 from tests.conftest import SAMPLE
 
 
@@ -43,20 +49,54 @@ def test_fitted_epochs(done: int, pace: float, remaining: float, expected: int) 
     assert fitted_epochs(50, done, pace, remaining) == expected
 
 
+@pytest.mark.parametrize(
+    ("ends", "expected"),
+    [
+        ([], None),
+        ([40.0], None),  # the first epoch alone (it also traced the graph): no pace yet
+        ([40.0, 70.0], 30.0),
+        ([40.0, 85.0, 130.0, 160.0, 190.0, 220.0], 30.0),  # slow start forgotten
+        ([40.0, 70.0, 100.0, 160.0], 40.0),  # a slow epoch counts while it is recent
+    ],
+)
+def test_pace_is_measured_over_the_recent_epochs(ends: list[float],
+                                                 expected: float | None) -> None:
+    assert pace(ends) == expected
+
+
+@pytest.mark.parametrize(
+    ("members", "jobs", "expected"),
+    [
+        (1, 1, [60]),
+        (2, 2, [60, 60]),  # one wave: the whole limit each
+        (4, 2, [30, 30, 60, 60]),  # two waves: half each
+        (3, 2, [30, 30, 60]),  # the last wave is not full
+        (3, 1, [20, 40, 60]),  # one at a time (in-process training)
+        (2, 5, [60, 60]),  # more jobs than members: one wave
+    ],
+)
+def test_member_deadlines_share_the_limit_between_waves(members: int, jobs: int,
+                                                        expected: list[int]) -> None:
+    assert member_deadlines(1000.0, 60.0, members, jobs) == pytest.approx(
+        [1000.0 + e for e in expected])
+
+
 def test_schedule_shortened_by_the_time_limit_still_anneals(home: Path) -> None:
-    """500 planned epochs in 30 s: the member ends its schedule when the time is up, at a
-    low rate; cutting the 500-epoch schedule off there would leave it near the peak."""
+    """5,000 planned epochs in 30 s: the member ends its schedule when the time is up, at a
+    low rate; cutting the 5,000-epoch schedule off there would leave it near the peak.
+    (500 epochs of the 180-row sample fitted in 30 s on a 2-core Zen 5 VM: the plan must be
+    out of reach on any machine.)"""
     new = list_versions()[-1].version + 1
     result = subprocess.run(
         [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "cnn-lite",
-         "--epochs", "500", "--max-minutes", "0.5"],
+         "--epochs", "5000", "--max-minutes", "0.5"],
         capture_output=True, text=True, env=dict(os.environ), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     card = json.loads((home / "models" / f"v{new}" / "card.json").read_text())
     training = card["training"]
     (member,) = training["members"]
-    assert training["epochs_planned"] == 500 and training["stopped_by_time_limit"]
-    assert 2 <= member["epochs_run"] == member["schedule_epochs"] < 500
+    assert training["epochs_planned"] == 5000 and training["stopped_by_time_limit"]
+    assert 2 <= member["epochs_run"] == member["schedule_epochs"] < 5000
     assert member["final_learning_rate"] < 0.5 * PEAK_LEARNING_RATE
     assert "schedule_epochs" in training["optimizer"]
     # Without a terminal, one line per epoch: its total follows the fitted schedule, so the
@@ -64,3 +104,23 @@ def test_schedule_shortened_by_the_time_limit_still_anneals(home: Path) -> None:
     epochs = member["epochs_run"]
     last = [line for line in result.stderr.splitlines() if " steps  epoch " in line][-1]
     assert f"] {2 * epochs}/{2 * epochs} steps  epoch {epochs}/{epochs}: " in last
+
+
+def test_members_beyond_jobs_get_their_share_of_the_time_limit(home: Path) -> None:
+    """Two members one at a time under a 30-s limit: each fits its schedule to its 15 s,
+    so the second member trains too (with one deadline for both, the first would fit its
+    schedule to all 30 s and the second would never start)."""
+    new = list_versions()[-1].version + 1
+    result = subprocess.run(
+        [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "cnn-lite",
+         "--ensemble", "2", "--jobs", "1", "--epochs", "5000", "--max-minutes", "0.5"],
+        capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = json.loads((home / "models" / f"v{new}" / "card.json").read_text())
+    training = card["training"]
+    assert card["architecture"] == "ensemble of 2 cnn-lite"
+    assert [m["member"] for m in training["members"]] == [1, 2]
+    for member in training["members"]:
+        assert 2 <= member["epochs_run"] == member["schedule_epochs"] < 5000
+        assert member["final_learning_rate"] < 0.5 * PEAK_LEARNING_RATE
+    assert "equal share" in training["optimizer"]
