@@ -356,7 +356,9 @@ def models_evaluate(
         help="Also render the held-out rows as scans and score those.")] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Re-measure a version on the fixed held-out rows: accuracy, errors, ECE, review coverage."""
+    """Re-measure a version on the fixed held-out rows: accuracy, errors, ECE, review coverage;
+    for an ensemble also each member's errors, how many of the ensemble's every member shares,
+    and which rows it gets wrong."""
     source = _labelled_data(data)
     from model_store.registry import ModelError, get_version
     from model_store.training import measure
@@ -381,6 +383,13 @@ def models_evaluate(
                 f", ECE {m['ece_before']:.4f} → {m['ece_after']:.4f}; at {review['threshold']}: "
                 f"coverage {_percent(review['coverage'])}, accuracy "
                 f"{_percent(review['accuracy_above'])}")
+    if "members" in result:
+        m = result["members"]
+        typer.echo(f"v{version} members: {', '.join(map(str, m['member_errors']))} errors; "
+                   f"{m['made_by_every_member']} of the ensemble's {m['ensemble_errors']} are "
+                   "made by every member")
+        typer.echo(f"v{version} wrong rows (0-based data rows of {source.name}): "
+                   + (" ".join(map(str, m["error_rows"])) or "none"))
 
 
 @models_app.command("history")

@@ -549,19 +549,26 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
 
 def _machine() -> str:
     """Architecture, core count and CPU model: the same recipe's wall time differs several-fold
-    between 2-core machines (AVX2-only vs AVX-512 CPUs), so a card's wall time names its CPU."""
-    model, vectors = platform.processor() or "unknown CPU", ""
+    between 2-core machines (AVX2-only vs AVX-512 CPUs), so a card's wall time names its CPU.
+    Virtual machines often name only the brand ("AMD EPYC"), so the CPU family and model
+    numbers follow it: two VMs that both read "AMD EPYC, AVX-512" took 51 s (v3's card) and
+    30 s (family 26) per cnn-wide member-epoch."""
+    model, family, vectors = platform.processor() or "unknown CPU", "", ""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                vectors = ", AVX-512" if "avx512f" in flags else ", AVX2" if "avx2" in flags else ""
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+            if key.strip() == "flags":
                 break
     except OSError:
         pass
-    return f"{platform.machine()}, {os.cpu_count()} cores, {model}{vectors}"
+    model = fields.get("model name", model)
+    if "cpu family" in fields and "model" in fields:
+        family = f" (family {fields['cpu family']}, model {fields['model']})"
+    flags = fields.get("flags", "").split()
+    vectors = ", AVX-512" if "avx512f" in flags else ", AVX2" if "avx2" in flags else ""
+    return f"{platform.machine()}, {os.cpu_count()} cores, {model}{family}{vectors}"
 
 
 def scan_like_validation(
@@ -599,10 +606,25 @@ def measure(version: ModelVersion, data: Path, scans: bool = True) -> dict[str, 
     result: dict[str, Any] = {"version": version.version, "rows": len(split.y_val),
                               "clean": evaluate(probs, split.y_val, version.temperature,
                                                 threshold)}
+    members = _members(model)
+    if members:
+        from model_store.overlap import member_overlap
+
+        x_val = rows_to_tensor(split.x_val)
+        result["members"] = member_overlap(
+            [m.predict(x_val, batch_size=1000, verbose=0) for m in members], probs,
+            split.y_val, split.val_rows)
     if scans:
         result["scans"] = {"refused": refused, **evaluate(scan_probs, labels,
                                                           version.temperature, threshold)}
     return result
+
+
+def _members(model: Any) -> list[Any]:
+    """An ensemble's member models (``build_ensemble`` nests them whole); [] for one model."""
+    import keras
+
+    return [layer for layer in model.layers if isinstance(layer, keras.Model)]
 
 
 Rendered = tuple[NDArray[np.float32], NDArray[np.int64], int]  # scan_like_validation's result

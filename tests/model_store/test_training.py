@@ -162,6 +162,10 @@ def test_models_evaluate_re_measures_a_version_on_the_held_out_rows(home: Path) 
     assert clean["errors"] == round((1 - clean["accuracy"]) * 20)
     assert scans["count"] + scans["refused"] == 20
     assert 0 <= scans["review_threshold"]["coverage"] <= 1
+    members = measured["members"]  # the bundled version is an ensemble
+    assert len(members["member_errors"]) == int(default_version().card["architecture"].split()[2])
+    assert members["ensemble_errors"] == clean["errors"] == len(members["error_rows"])
+    assert 0 <= members["made_by_every_member"] <= min(members["member_errors"])
     missing = subprocess.run(
         [sys.executable, "-m", "digits.cli", "models", "evaluate", "99", "--data", str(SAMPLE)],
         capture_output=True, text=True, env=dict(os.environ), timeout=300)
