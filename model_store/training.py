@@ -553,7 +553,6 @@ def _machine() -> str:
     Virtual machines often name only the brand ("AMD EPYC"), so the CPU family and model
     numbers follow it: two VMs that both read "AMD EPYC, AVX-512" took 51 s (v3's card) and
     30 s (family 26) per cnn-wide member-epoch."""
-    model, family, vectors = platform.processor() or "unknown CPU", "", ""
     fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -563,9 +562,9 @@ def _machine() -> str:
                 break
     except OSError:
         pass
-    model = fields.get("model name", model)
-    if "cpu family" in fields and "model" in fields:
-        family = f" (family {fields['cpu family']}, model {fields['model']})"
+    model = fields.get("model name") or platform.processor() or "unknown CPU"
+    family = (f" (family {fields['cpu family']}, model {fields['model']})"
+              if "cpu family" in fields and "model" in fields else "")
     flags = fields.get("flags", "").split()
     vectors = ", AVX-512" if "avx512f" in flags else ", AVX2" if "avx2" in flags else ""
     return f"{platform.machine()}, {os.cpu_count()} cores, {model}{family}{vectors}"
