@@ -113,6 +113,9 @@ def train(
     elastic: Annotated[bool, typer.Option(
         help="Add elastic distortions (Simard et al. 2003) to half the training images.")
     ] = False,
+    degrade: Annotated[bool, typer.Option(
+        help="Scan-like degradations in the augmentation (thicker and thinner strokes, blur, "
+        "noise); --no-degrade trains on affine jitter only.")] = True,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a model on a labelled CSV and register it as a new immutable version."""
@@ -139,7 +142,7 @@ def train(
 
     config = TrainConfig(arch=arch, epochs=epochs, seed=seed, max_minutes=max_minutes,
                          ensemble=ensemble, jobs=jobs, precision=precision, elastic=elastic,
-                         command=shlex.join(["digits", *sys.argv[1:]]))
+                         degrade=degrade, command=shlex.join(["digits", *sys.argv[1:]]))
     err = console()
     started = time.monotonic()
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),

@@ -42,6 +42,7 @@ class TrainConfig:
     ensemble: int = 1  # members averaged into one version
     precision: str = "float32"  # or "bf16": mixed bfloat16 training; saved models are float32
     elastic: bool = False  # add elastic distortions (Simard et al. 2003) to the augmentation
+    degrade: bool = True  # scan-like degradations (stroke width, blur, noise) after the affine jitter
 
     def resolved_epochs(self) -> int:
         return self.epochs if self.epochs is not None else (10 if self.arch == "mlp" else 30)
@@ -62,8 +63,9 @@ class TrainConfig:
         return self.seed + 1000 * index
 
 
-AUGMENTATION = ("rotation ±10°, zoom ±10%, shift ±10%; per image 10% thicker strokes, "
-                "10% thinner, 10% 3x3 blur, 20% Gaussian noise (σ 0.05)")
+AFFINE = "rotation ±10°, zoom ±10%, shift ±10%"
+DEGRADATIONS = ("; per image 10% thicker strokes, 10% thinner, 10% 3x3 blur, 20% Gaussian "
+                "noise (σ 0.05)")
 ELASTIC_SHARE, ELASTIC_ALPHA, ELASTIC_SIGMA = 0.5, 34.0, 4.0
 ELASTIC = (f"; first, {ELASTIC_SHARE:.0%} of images elastically distorted (Simard et al. 2003: "
            f"uniform displacement field, Gaussian σ {ELASTIC_SIGMA:g} px, α {ELASTIC_ALPHA:g})")
@@ -73,7 +75,8 @@ def _augmentation(config: TrainConfig) -> str | None:
     """The card's words for what ``_augmenter`` does under ``config``."""
     if not config.resolved_augment():
         return None
-    return AUGMENTATION + (ELASTIC if config.elastic else "")
+    return (AFFINE + (DEGRADATIONS if config.degrade else "; no scan degradations")
+            + (ELASTIC if config.elastic else ""))
 
 
 def _elastic(x: Any, share: float, alpha: float, sigma: float) -> Any:
@@ -111,10 +114,11 @@ def _elastic(x: Any, share: float, alpha: float, sigma: float) -> Any:
     return tf.where(tf.random.uniform([n, 1, 1, 1]) < share, moved, x)
 
 
-def _augmenter(seed: int, elastic: bool = False) -> Any:
-    """Small affine jitter (after an elastic distortion, if asked) plus scan-like degradations
-    (stroke width, blur, noise): what the inbox's preprocessed scans differ from clean MNIST
-    rows by."""
+def _augmenter(seed: int, elastic: bool = False, degrade: bool = True) -> Any:
+    """Small affine jitter (after an elastic distortion, if asked) plus, unless ``degrade`` is
+    off, scan-like degradations (stroke width, blur, noise): what the inbox's preprocessed
+    scans differ from clean MNIST rows by. Off, every training step is spent on clean-looking
+    digits, which is what the Kaggle rows are."""
     import keras
     import tensorflow as tf
 
@@ -126,7 +130,7 @@ def _augmenter(seed: int, elastic: bool = False) -> Any:
         ]
     )
 
-    def degrade(x: Any) -> Any:
+    def degraded(x: Any) -> Any:
         n = tf.shape(x)[0]
         choice = tf.random.uniform([n, 1, 1, 1])
         thicker = tf.nn.max_pool2d(x, 2, 1, "SAME")
@@ -142,7 +146,8 @@ def _augmenter(seed: int, elastic: bool = False) -> Any:
     def apply(x: Any, y: Any) -> tuple[Any, Any]:
         if elastic:
             x = _elastic(x, ELASTIC_SHARE, ELASTIC_ALPHA, ELASTIC_SIGMA)
-        return degrade(affine(x, training=True)), y
+        x = affine(x, training=True)
+        return (degraded(x) if degrade else x), y
 
     return apply
 
@@ -285,7 +290,7 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
     dataset = tf.data.Dataset.from_tensor_slices((x_train, job.y_train))
     dataset = dataset.shuffle(len(x_train), seed=seed).batch(config.batch_size).repeat()
     if config.resolved_augment():
-        dataset = dataset.map(_augmenter(seed, config.elastic), num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(_augmenter(seed, config.elastic, config.degrade), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     prefix = f"member {job.index + 1}/{config.ensemble} " if config.ensemble > 1 else ""
     callback = _keras_callback(report, job.deadline, job.index, prefix, epochs, steps_per_epoch,

@@ -64,6 +64,7 @@ def test_train_ensemble_is_one_safely_loadable_version(home: Path) -> None:
     card = version.card
     assert [m["seed"] for m in card["training"]["members"]] == [0, 1000]
     assert "elastically distorted" in card["training"]["augmentation"]
+    assert "thicker strokes" in card["training"]["augmentation"]  # degradations by default
     assert all(m["epochs_run"] == 1 for m in card["training"]["members"])
     # Calibration saw the clean held-out rows and the same rows rendered as scans.
     scans = card["scan_validation"]
@@ -81,7 +82,8 @@ def test_bf16_training_saves_a_float32_model(home: Path) -> None:
     new = list_versions()[-1].version + 1
     result = subprocess.run(
         [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "cnn-lite",
-         "--ensemble", "2", "--jobs", "1", "--epochs", "1", "--precision", "bf16", "--quiet"],
+         "--ensemble", "2", "--jobs", "1", "--epochs", "1", "--precision", "bf16", "--quiet",
+         "--no-degrade"],
         capture_output=True, text=True, env=dict(os.environ), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     from model_store.loading import load
@@ -90,6 +92,7 @@ def test_bf16_training_saves_a_float32_model(home: Path) -> None:
     version = get_version(new)
     assert version.card["training"]["precision"].startswith("mixed bfloat16")
     assert "elastic" not in version.card["training"]["augmentation"]  # only when asked
+    assert version.card["training"]["augmentation"].endswith("; no scan degradations")
     model = load(version)
     policies = {layer.dtype_policy.name for member in model.layers[1:3] for layer in member.layers}
     assert policies == {"float32"}
@@ -214,6 +217,22 @@ def test_elastic_distortion_bends_strokes_without_losing_ink(share: float) -> No
     # loses no ink on the whole and leaves every digit most of its strokes.
     ink = out.reshape(len(images), -1).sum(axis=1) / images.reshape(len(images), -1).sum(axis=1)
     assert abs(ink.mean() - 1) < 0.05 and ink.min() > 0.5
+
+
+@pytest.mark.parametrize("degrade", [True, False])
+def test_scan_degradations_are_only_added_when_asked(degrade: bool) -> None:
+    """Blank images show what the degradations add: the affine jitter keeps a blank image
+    blank, the Gaussian noise (a fifth of the images) does not."""
+    import tensorflow as tf
+
+    from model_store.training import _augmenter
+
+    blank = tf.zeros((400, 28, 28, 1))
+    tf.random.set_seed(0)
+    out, labels = _augmenter(seed=0, degrade=degrade)(blank, tf.zeros(400, tf.int64))
+    noisy = (out.numpy().reshape(400, -1).max(axis=1) > 0).mean()
+    assert labels.shape == (400,)
+    assert 0.1 < noisy < 0.3 if degrade else noisy == 0
 
 
 def _slow_square(x: int, fail: bool) -> int:
