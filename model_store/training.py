@@ -42,7 +42,7 @@ class TrainConfig:
     ensemble: int = 1  # members averaged into one version
     precision: str = "float32"  # or "bf16": mixed bfloat16 training; saved models are float32
     elastic: bool = False  # add elastic distortions (Simard et al. 2003) to the augmentation
-    degrade: bool = True  # scan-like degradations (stroke width, blur, noise) after the affine jitter
+    degrade: bool = True  # scan-like degradations (stroke width, blur, noise) after the jitter
 
     def resolved_epochs(self) -> int:
         return self.epochs if self.epochs is not None else (10 if self.arch == "mlp" else 30)
@@ -290,7 +290,8 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
     dataset = tf.data.Dataset.from_tensor_slices((x_train, job.y_train))
     dataset = dataset.shuffle(len(x_train), seed=seed).batch(config.batch_size).repeat()
     if config.resolved_augment():
-        dataset = dataset.map(_augmenter(seed, config.elastic, config.degrade), num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(_augmenter(seed, config.elastic, config.degrade),
+                              num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     prefix = f"member {job.index + 1}/{config.ensemble} " if config.ensemble > 1 else ""
     callback = _keras_callback(report, job.deadline, job.index, prefix, epochs, steps_per_epoch,
