@@ -615,14 +615,23 @@ def measure(version: ModelVersion, data: Path, scans: bool = True) -> dict[str, 
     if members:
         from model_store.overlap import member_overlap
 
-        x_val = rows_to_tensor(split.x_val)
-        result["members"] = member_overlap(
-            [m.predict(x_val, batch_size=1000, verbose=0) for m in members], probs,
-            split.y_val, split.val_rows)
+        result["members"] = member_overlap(_member_probs(members, rows_to_tensor(split.x_val)),
+                                           probs, split.y_val, split.val_rows)
     if scans:
         result["scans"] = {"refused": refused, **evaluate(scan_probs, labels,
                                                           version.temperature, threshold)}
     return result
+
+
+def _member_probs(members: list[Any], x: NDArray[np.float32]) -> list[NDArray[np.float32]]:
+    """Every member's probabilities from one ``predict`` of one model with a head per member.
+    Why not ``predict`` per member: each is a new traced function, and TensorFlow then warns
+    about "excessive retracing" on a command that did nothing wrong."""
+    import keras
+
+    image = keras.Input((28, 28, 1))
+    heads = keras.Model(image, [member(image) for member in members])
+    return list(heads.predict(x, batch_size=1000, verbose=0))
 
 
 def _members(model: Any) -> list[Any]:
