@@ -117,8 +117,9 @@ def _elastic(x: Any, share: float, alpha: float, sigma: float) -> Any:
 def _augmenter(seed: int, elastic: bool = False, degrade: bool = True) -> Any:
     """Small affine jitter (after an elastic distortion, if asked) plus, unless ``degrade`` is
     off, scan-like degradations (stroke width, blur, noise): what the inbox's preprocessed
-    scans differ from clean MNIST rows by. Off, every training step is spent on clean-looking
-    digits, which is what the Kaggle rows are."""
+    scans differ from clean MNIST rows by. ``degrade`` off exists to measure what they cost on
+    clean rows: nothing, they regularise (the README's ``--no-degrade`` row: 17 held-out
+    errors where the same seeds with them made 15)."""
     import keras
     import tensorflow as tf
 
