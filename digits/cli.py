@@ -116,6 +116,16 @@ def train(
     degrade: Annotated[bool, typer.Option(
         help="Scan-like degradations in the augmentation (thicker and thinner strokes, blur, "
         "noise); --no-degrade trains on affine jitter only.")] = True,
+    pseudo_label: Annotated[Path | None, typer.Option(
+        help="Unlabelled CSV (pixel0..783, e.g. Kaggle's test.csv.gz) to self-train on: "
+        "--ensemble teachers train first for --teacher-epochs, their confident labels of its "
+        "rows join the training rows of as many new members, which make the version.")
+    ] = None,
+    teacher_epochs: Annotated[int, typer.Option(
+        help="Epochs per teacher with --pseudo-label.", min=1)] = 15,
+    pseudo_threshold: Annotated[float, typer.Option(
+        help="With --pseudo-label: keep the unlabelled rows whose averaged teacher "
+        "probability is at least this (0 < P <= 1).")] = 0.99,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a model on a labelled CSV and register it as a new immutable version."""
@@ -128,6 +138,12 @@ def train(
         raise fail(f"--ensemble needs a CNN architecture ({', '.join(ENSEMBLE_ARCHITECTURES)})")
     if precision not in PRECISIONS:
         raise fail(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if not 0 < pseudo_threshold <= 1:
+        raise fail(f"--pseudo-threshold must be above 0 and at most 1, not {pseudo_threshold}")
+    if pseudo_label is not None and not pseudo_label.is_file():
+        raise fail(f"{pseudo_label}: no such file")
+    if pseudo_label is not None and arch not in ENSEMBLE_ARCHITECTURES:
+        raise fail(f"--pseudo-label needs a CNN architecture ({', '.join(ENSEMBLE_ARCHITECTURES)})")
     from rich.progress import (
         BarColumn,
         Progress,
@@ -142,7 +158,9 @@ def train(
 
     config = TrainConfig(arch=arch, epochs=epochs, seed=seed, max_minutes=max_minutes,
                          ensemble=ensemble, jobs=jobs, precision=precision, elastic=elastic,
-                         degrade=degrade, command=shlex.join(["digits", *sys.argv[1:]]))
+                         degrade=degrade, pseudo_label=pseudo_label,
+                         teacher_epochs=teacher_epochs, pseudo_threshold=pseudo_threshold,
+                         command=shlex.join(["digits", *sys.argv[1:]]))
     err = console()
     started = time.monotonic()
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),

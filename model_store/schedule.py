@@ -67,3 +67,13 @@ def pace(epoch_ends: list[float], window: int = PACE_WINDOW) -> float | None:
         return None
     first = max(0, len(epoch_ends) - 1 - window)
     return (epoch_ends[-1] - epoch_ends[first]) / (len(epoch_ends) - 1 - first)
+
+
+def teacher_share(teacher_epochs: int, teacher_rows: int, student_epochs: int,
+                  student_rows: int) -> float:
+    """The share of the time limit the teachers get when training pseudo-labels first: their
+    share of the planned work (epochs x rows, the same per member and wave in both rounds).
+    The students get what the teachers leave, so a slow teacher round costs the students
+    epochs, never the limit."""
+    teachers = teacher_epochs * teacher_rows
+    return teachers / (teachers + student_epochs * student_rows)

@@ -24,7 +24,8 @@ from model_store.calibration import apply_temperature, expected_calibration_erro
 from model_store.choices import PRECISIONS
 from model_store.data import SPLIT_SEED, VAL_FRACTION, Split, load_split
 from model_store.registry import ModelVersion, register, sha256_file
-from model_store.schedule import PEAK_LEARNING_RATE, member_deadlines
+from model_store.schedule import PEAK_LEARNING_RATE, member_deadlines, teacher_share
+from scheduler.csv_input import read_unlabelled
 from worker.preprocess import rows_to_tensor, stack
 
 ProgressFn = Callable[[int, int, str], None]  # (done steps, total steps, description)
@@ -43,6 +44,12 @@ class TrainConfig:
     precision: str = "float32"  # or "bf16": mixed bfloat16 training; saved models are float32
     elastic: bool = False  # add elastic distortions (Simard et al. 2003) to the augmentation
     degrade: bool = True  # scan-like degradations (stroke width, blur, noise) after the jitter
+    # Self-training: with an unlabelled CSV, ``ensemble`` teachers train first for
+    # ``teacher_epochs``; the rows they label with at least ``pseudo_threshold`` join the
+    # training rows of ``ensemble`` new members (the students), which make the version.
+    pseudo_label: Path | None = None
+    teacher_epochs: int = 15
+    pseudo_threshold: float = 0.99
 
     def resolved_epochs(self) -> int:
         return self.epochs if self.epochs is not None else (10 if self.arch == "mlp" else 30)
@@ -257,7 +264,15 @@ class _MemberJob:
     y_val: NDArray[np.int64]
     deadline: float  # time.time() by which this member's schedule must end
     steps_per_epoch: int  # batches per epoch, also the unit of the parent's progress total
+    epochs: int  # planned epochs (the schedule may end sooner to fit the deadline)
+    teacher: bool = False  # a pseudo-labelling teacher: its own seeds, names and progress slot
     out: Path | None = None  # where a child process saves the member
+
+    @property
+    def slot(self) -> int:
+        """Index among all the models the run trains (teachers first): progress and files."""
+        return self.index + (0 if self.teacher or not self.config.pseudo_label
+                             else self.config.ensemble)
 
 
 def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any]] | None:
@@ -273,12 +288,14 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
     # The dataset is shuffled by tf.data itself; Keras warns that its own flag is unused.
     warnings.filterwarnings("ignore", message=".*shuffle=True.*was passed")
     started = time.time()
-    seed = config.member_seed(job.index)
+    # Teachers keep the seeds a run without pseudo-labels gives its members; students follow.
+    seed = config.member_seed(job.slot)
     keras.utils.set_random_seed(seed)
     x_train = rows_to_tensor(job.x_train)
-    epochs = config.resolved_epochs()
+    epochs = job.epochs
     steps_per_epoch = job.steps_per_epoch
-    name = f"member_{job.index + 1}" if config.ensemble > 1 else None
+    name = (f"teacher_{job.index + 1}" if job.teacher
+            else f"member_{job.index + 1}" if config.ensemble > 1 else None)
     model = _build(config.arch, name, config.precision)
     scheduled = config.arch != "mlp"
     # The CNNs' rate is set before every step by the callback (model_store.schedule).
@@ -294,8 +311,10 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
         dataset = dataset.map(_augmenter(seed, config.elastic, config.degrade),
                               num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
-    prefix = f"member {job.index + 1}/{config.ensemble} " if config.ensemble > 1 else ""
-    callback = _keras_callback(report, job.deadline, job.index, prefix, epochs, steps_per_epoch,
+    role = "teacher" if job.teacher else "member"
+    prefix = f"{role} {job.index + 1}/{config.ensemble} " if config.ensemble > 1 or job.teacher \
+        else ""
+    callback = _keras_callback(report, job.deadline, job.slot, prefix, epochs, steps_per_epoch,
                                scheduled)
     model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[callback],
               verbose=0)
@@ -303,7 +322,8 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
         model = _as_float32(model, config.arch, name)
     predicted = model.predict(rows_to_tensor(job.x_val), batch_size=1000, verbose=0).argmax(axis=1)
     card = {
-        "member": job.index + 1, "seed": seed, "epochs_run": callback.epochs_run,
+        "member": job.index + 1, "seed": seed, "training_rows": len(job.y_train),
+        "epochs_run": callback.epochs_run,
         "stopped_by_time_limit": callback.schedule_epochs < epochs,
         "schedule_epochs": callback.schedule_epochs,
         **({"final_learning_rate": float(f"{callback.last_rate:.3g}")} if scheduled else {}),
@@ -396,7 +416,7 @@ def _train_members(jobs: list[_MemberJob], workers: int, progress: ReportFn,
 
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_member_init,
                              initargs=(events, os.getpid())) as pool:
-        futures = [pool.submit(_member_process, replace(job, out=tmp / f"member_{job.index}.keras"))
+        futures = [pool.submit(_member_process, replace(job, out=tmp / f"model_{job.slot}.keras"))
                    for job in jobs]
         pending = set(futures)
         while pending:
@@ -408,7 +428,7 @@ def _train_members(jobs: list[_MemberJob], workers: int, progress: ReportFn,
     drain()
     import keras
 
-    return [(keras.saving.load_model(tmp / f"member_{job.index}.keras", compile=False,
+    return [(keras.saving.load_model(tmp / f"model_{job.slot}.keras", compile=False,
                                      safe_mode=True), card)
             for job, card in zip(jobs, cards, strict=True) if card is not None]
 
@@ -438,6 +458,46 @@ def _in_background(function: Callable[..., Any], *args: Any) -> Callable[[], Any
     return result
 
 
+def _steps(rows: int, config: TrainConfig) -> int:
+    """Batches per epoch."""
+    return int(np.ceil(rows / config.batch_size))
+
+
+def _pseudo_labelled(
+    teachers: list[tuple[Any, dict[str, Any]]], split: Split, unlabelled: NDArray[np.uint8],
+    config: TrainConfig,
+) -> tuple[NDArray[np.uint8], NDArray[np.int64], dict[str, Any]]:
+    """The students' training rows: the labelled rows plus the unlabelled rows the teachers'
+    average labels with at least ``pseudo_threshold`` (never a held-out row), and the card's
+    record of how they were made."""
+    from model_store.architectures import build_ensemble
+    from model_store.pseudo import confident_labels, not_held_out
+
+    models = [model for model, _ in teachers]
+    teacher = models[0] if len(models) == 1 else build_ensemble(models)
+    fresh = not_held_out(unlabelled, split.x_val)
+    rows = unlabelled[fresh]
+    keep, labels = confident_labels(
+        teacher.predict(rows_to_tensor(rows), batch_size=1000, verbose=0),
+        config.pseudo_threshold)
+    val = teacher.predict(rows_to_tensor(split.x_val), batch_size=1000, verbose=0).argmax(axis=1)
+    assert config.pseudo_label is not None
+    record = {
+        "path": config.pseudo_label.name, "sha256": sha256_file(config.pseudo_label),
+        "rows": len(unlabelled), "held_out_duplicates_dropped": int((~fresh).sum()),
+        "threshold": config.pseudo_threshold, "kept": len(keep),
+        "kept_per_class": np.bincount(labels, minlength=10).tolist(),
+        "teacher_epochs": config.teacher_epochs,
+        "teacher_validation_errors": int((val != split.y_val).sum()),
+        "teachers": [card for _, card in teachers],
+        "method": "the teachers (the same architecture and augmentation, seeds as members "
+        "0..K-1) trained on the labelled rows; their averaged probabilities label the "
+        "unlabelled rows; rows at or above the threshold join the students' training rows",
+    }
+    return (np.concatenate([split.x_train, rows[keep]]),
+            np.concatenate([split.y_train, labels]), record)
+
+
 def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -> ModelVersion:
     """Train (one model or an ensemble), validate on the fixed held-out split, calibrate on
     clean and scan-like validation data, and register the result as a new version."""
@@ -448,32 +508,54 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
     if config.precision not in PRECISIONS:
         raise ValueError(f"unknown precision {config.precision!r}; choose one of "
                          f"{', '.join(PRECISIONS)}")
+    if not 0 < config.pseudo_threshold <= 1:
+        raise ValueError("pseudo_threshold must be in (0, 1]")
     started = time.time()
     split = load_split(data, config.val_fraction)
+    unlabelled = read_unlabelled(config.pseudo_label) if config.pseudo_label else None
     epochs = config.resolved_epochs()
-    steps_per_epoch = int(np.ceil(len(split.y_train) / config.batch_size))
     workers = config.resolved_jobs()
+    members = config.ensemble
+    teachers = members if unlabelled is not None else 0
+    limit = config.max_minutes * 60
+    # Progress in steps of every model the run trains (teachers first); the total follows
+    # their fitted schedules, so a bar's time remaining is what the time limit allows.
+    steps = [_steps(len(split.y_train), config)] * teachers + [_steps(
+        len(split.y_train) + (len(unlabelled) if unlabelled is not None else 0), config)] * members
+    schedules = [config.teacher_epochs] * teachers + [epochs] * members
     done = 0
-    schedules = [epochs] * config.ensemble  # each member's epochs, as fitted to the time limit
 
-    def report(steps: int, label: str, member: int, schedule_epochs: int) -> None:
-        """Progress in steps of all members; the total follows their fitted schedules, so a
-        bar's time remaining is what the time limit allows, not what was planned."""
+    def report(taken: int, label: str, slot: int, schedule_epochs: int) -> None:
         nonlocal done
-        done += steps
-        schedules[member] = schedule_epochs
+        done += taken
+        schedules[slot] = schedule_epochs
         if progress:
-            progress(done, steps_per_epoch * sum(schedules), label)
+            progress(done, sum(s * e for s, e in zip(steps, schedules, strict=True)), label)
 
-    deadlines = member_deadlines(started, config.max_minutes * 60, config.ensemble, workers)
-    jobs = [_MemberJob(config, i, split.x_train, split.y_train, split.x_val, split.y_val,
-                       deadlines[i], steps_per_epoch) for i in range(config.ensemble)]
+    def jobs(x: NDArray[np.uint8], y: NDArray[np.int64], until: float, planned: int,
+             teacher: bool = False) -> list[_MemberJob]:
+        deadlines = member_deadlines(time.time(), until - time.time(), members, workers)
+        return [_MemberJob(config, i, x, y, split.x_val, split.y_val, deadlines[i],
+                           _steps(len(y), config), planned, teacher) for i in range(members)]
+
     # Render the held-out rows as scans while the members train: single-threaded Python
     # (160-280 s for 4,200 rows) that would otherwise run after them, on one core, while the
     # other idles. The members' schedules refit to the pace this costs them at first.
     rendering = _in_background(scan_like_validation, split.x_val, split.y_val)
+    x_train, y_train, pseudo = split.x_train, split.y_train, None
     with tempfile.TemporaryDirectory() as tmp:
-        trained = _train_members(jobs, workers, report, Path(tmp))
+        if unlabelled is not None:
+            share = teacher_share(config.teacher_epochs, len(split.y_train), epochs,
+                                  len(split.y_train) + len(unlabelled))
+            taught = _train_members(jobs(x_train, y_train, started + limit * share,
+                                         config.teacher_epochs, teacher=True),
+                                    workers, report, Path(tmp))
+            if not taught:
+                raise TimeoutError(f"no teacher finished within max_minutes={config.max_minutes}")
+            x_train, y_train, pseudo = _pseudo_labelled(taught, split, unlabelled, config)
+            steps[teachers:] = [_steps(len(y_train), config)] * members
+        trained = _train_members(jobs(x_train, y_train, started + limit, epochs),
+                                 workers, report, Path(tmp))
     if not trained:
         raise TimeoutError(f"no model finished within max_minutes={config.max_minutes}")
     scans = rendering()
@@ -483,9 +565,9 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
 
     from model_store.architectures import build_ensemble
 
-    members = [model for model, _ in trained]
+    models = [model for model, _ in trained]
     member_cards = [card for _, card in trained]
-    model = members[0] if config.ensemble == 1 else build_ensemble(members)
+    model = models[0] if config.ensemble == 1 else build_ensemble(models)
     probs, scan_probs, scan_labels, refused = _held_out_probs(model, split, rendered=scans)
     temperature = fit_temperature(np.concatenate([probs, scan_probs]),
                                   np.concatenate([split.y_val, scan_labels]))
@@ -499,7 +581,7 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
 
     card: dict[str, Any] = {
         "architecture": config.arch if config.ensemble == 1
-        else f"ensemble of {len(members)} {config.arch}",
+        else f"ensemble of {len(models)} {config.arch}",
         "parameters": int(model.count_params()),
         "input": "28x28x1 float32 in [0, 1], ink bright on dark (MNIST polarity)",
         "output": "10 softmax probabilities" + (
@@ -515,7 +597,7 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
         "training": {
             "epochs_planned": epochs,
             "epochs_run": min(c["epochs_run"] for c in member_cards),
-            "stopped_by_time_limit": stopped or len(members) < config.ensemble,
+            "stopped_by_time_limit": stopped or len(models) < config.ensemble,
             "seed": config.seed, "batch_size": config.batch_size,
             "precision": "mixed bfloat16 (float32 variables and softmax; saved as float32)"
             if config.precision == "bf16" else "float32",
@@ -527,6 +609,7 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
             "each wave gets an equal share)",
             "ensemble_planned": config.ensemble, "parallel_jobs": workers,
             "members": member_cards,
+            **({"pseudo_labels": pseudo} if pseudo else {}),
             "max_minutes": config.max_minutes,
             "wall_seconds": round(wall, 1),
             "machine": _machine(),

@@ -196,11 +196,26 @@ def read_blocks(path: Path, block_rows: int = 1000) -> Iterator[tuple[bool, Bloc
 
 def read_labelled(path: Path) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
     """Load a whole labelled CSV (for training): every row must be valid."""
+    pixels, labels = _read_whole(path, labelled=True)
+    return pixels, labels.astype(np.int64)
+
+
+def read_unlabelled(path: Path) -> NDArray[np.uint8]:
+    """Load a whole unlabelled CSV (``pixel0..783``, like Kaggle's test.csv) for
+    pseudo-labelling: every row must be valid. A labelled file is refused rather than its
+    labels dropped: one passed here by mistake is most likely the training file itself."""
+    return _read_whole(path, labelled=False)[0]
+
+
+def _read_whole(path: Path, labelled: bool) -> tuple[NDArray[np.uint8], NDArray[np.int16]]:
     pixels: list[NDArray[np.uint8]] = []
     labels: list[NDArray[np.int16]] = []
-    for labelled, block in read_blocks(path, 5000):
-        if not labelled:
-            raise CsvFileError(f"{path} has no label column: training needs label,pixel0..783")
+    for has_labels, block in read_blocks(path, 5000):
+        if has_labels != labelled:
+            raise CsvFileError(
+                f"{path} has no label column: training needs label,pixel0..783" if labelled
+                else f"{path} has a label column: pseudo-labelling takes an unlabelled CSV "
+                "(pixel0..783, like test.csv)")
         if block.errors:
             row, reason = block.errors[0]
             raise CsvFileError(f"{path}: row {row}: {reason} ({len(block.errors)} bad rows)")
@@ -208,4 +223,4 @@ def read_labelled(path: Path) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
         labels.append(block.labels)
     if not pixels:
         raise CsvFileError(f"{path} has no data rows")
-    return np.concatenate(pixels), np.concatenate(labels).astype(np.int64)
+    return np.concatenate(pixels), np.concatenate(labels)
