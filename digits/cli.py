@@ -299,6 +299,13 @@ def models_show(
     if data:
         lines.append(f"  training data     {data.get('path', '?')} ({data.get('rows', '?')} rows, "
                      f"sha256 {str(data.get('sha256', '?'))[:16]}…)")
+    pseudo = train.get("pseudo_labels")
+    if pseudo:
+        lines.append(f"  pseudo-labels     {pseudo['kept']:,} of {pseudo['rows']:,} rows of "
+                     f"{pseudo['path']} (sha256 {pseudo['sha256'][:16]}…) labelled at ≥ "
+                     f"{pseudo['threshold']} by {len(pseudo['teachers'])} teachers of "
+                     f"{pseudo['teacher_epochs']} epochs ({pseudo['teacher_validation_errors']} "
+                     "held-out errors)")
     matrix = val.get("confusion_matrix")
     if matrix:
         lines.append("  confusion matrix  (rows: true digit, columns: predicted)")

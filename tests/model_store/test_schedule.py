@@ -17,6 +17,7 @@ from model_store.schedule import (
     learning_rate,
     member_deadlines,
     pace,
+    teacher_share,
 )
 from tests.conftest import SAMPLE
 
@@ -125,3 +126,19 @@ def test_members_beyond_jobs_get_their_share_of_the_time_limit(home: Path) -> No
         assert 2 <= member["epochs_run"] == member["schedule_epochs"] < 5000
         assert member["final_learning_rate"] < 0.5 * PEAK_LEARNING_RATE
     assert "equal share" in training["optimizer"]
+
+
+@pytest.mark.parametrize(
+    ("teacher_epochs", "teacher_rows", "student_epochs", "student_rows", "share"),
+    [
+        (15, 37_800, 50, 65_800, 567 / (567 + 3_290)),  # the README's pseudo-label run
+        (10, 100, 10, 100, 0.5),  # equal work, equal time
+        (10, 100, 30, 100, 0.25),
+        (10, 100, 10, 300, 0.25),  # more rows for the students weigh like more epochs
+    ],
+)
+def test_teachers_get_their_share_of_the_planned_work(
+        teacher_epochs: int, teacher_rows: int, student_epochs: int, student_rows: int,
+        share: float) -> None:
+    assert teacher_share(teacher_epochs, teacher_rows, student_epochs,
+                         student_rows) == pytest.approx(share)

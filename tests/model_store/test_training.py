@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -74,6 +75,52 @@ def test_train_ensemble_is_one_safely_loadable_version(home: Path) -> None:
     assert [layer.name for layer in model.layers[1:]] == ["member_1", "member_2", "probabilities"]
     probs = model.predict(np.zeros((3, 28, 28, 1), np.float32), verbose=0)
     assert probs.shape == (3, 10) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_pseudo_labelled_training_teaches_students_on_more_rows(home: Path,
+                                                                tmp_path: Path) -> None:
+    """Teachers train first, label an unlabelled file, and the students, trained on the
+    labelled rows plus those labels, make the version. The unlabelled file is the sample
+    without its label column, so it holds the 20 held-out rows: they must be dropped."""
+    unlabelled = tmp_path / "unlabelled.csv"
+    with gzip.open(SAMPLE, "rt") as fh:
+        unlabelled.write_text("".join(line.split(",", 1)[1] for line in fh))
+    new = list_versions()[-1].version + 1
+    result = subprocess.run(
+        [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "cnn-lite",
+         "--ensemble", "2", "--epochs", "2", "--teacher-epochs", "1", "--pseudo-label",
+         str(unlabelled), "--pseudo-threshold", "0.1"],
+        capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # One line per teacher and member epoch; the total counts both rounds' steps (180 rows:
+    # 2 steps per teacher epoch; 180 + 180 pseudo-labelled rows: 3 per student epoch).
+    lines = [line.split("] ")[1] for line in result.stderr.splitlines() if " steps  " in line]
+    assert sorted(line.split("steps  ")[1].split(":")[0] for line in lines) == [
+        "member 1/2 epoch 1/2", "member 1/2 epoch 2/2", "member 2/2 epoch 1/2",
+        "member 2/2 epoch 2/2", "teacher 1/2 epoch 1/1", "teacher 2/2 epoch 1/1"]
+    assert lines[-1].startswith("16/16 steps")
+    from model_store.loading import load
+    from model_store.registry import get_version
+
+    version = get_version(new)
+    training = version.card["training"]
+    pseudo = training["pseudo_labels"]
+    assert pseudo["rows"] == 200 and pseudo["held_out_duplicates_dropped"] == 20
+    assert pseudo["kept"] == sum(pseudo["kept_per_class"]) == 180  # all, at threshold 0.1
+    assert pseudo["threshold"] == 0.1 and pseudo["teacher_epochs"] == 1
+    assert 0 <= pseudo["teacher_validation_errors"] <= 20
+    assert [(t["seed"], t["training_rows"]) for t in pseudo["teachers"]] == [(0, 180),
+                                                                            (1000, 180)]
+    assert [(m["seed"], m["training_rows"]) for m in training["members"]] == [(2000, 360),
+                                                                             (3000, 360)]
+    assert version.card["validation_split"]["train_rows"] == 180  # labelled rows only
+    model = load(version)  # the students only: the teachers are not part of the version
+    assert [layer.name for layer in model.layers[1:]] == ["member_1", "member_2", "probabilities"]
+    shown = subprocess.run([sys.executable, "-m", "digits.cli", "models", "show", str(new)],
+                           capture_output=True, text=True, env=dict(os.environ), timeout=60)
+    assert (f"pseudo-labels     180 of 200 rows of unlabelled.csv (sha256 "
+            f"{pseudo['sha256'][:16]}…) labelled at ≥ 0.1 by 2 teachers of 1 epochs"
+            ) in shown.stdout
 
 
 def test_bf16_training_saves_a_float32_model(home: Path) -> None:
@@ -180,6 +227,12 @@ def test_models_evaluate_re_measures_a_version_on_the_held_out_rows(home: Path) 
     (["--arch", "resnet"], "unknown architecture 'resnet': choose one of mlp, cnn, cnn-lite"),
     (["--ensemble", "0"], "Invalid value for '--ensemble'"),
     (["--precision", "fp16"], "unknown precision 'fp16': choose one of float32, bf16"),
+    (["--pseudo-label", "missing.csv"], "missing.csv: no such file"),
+    (["--pseudo-label", str(SAMPLE), "--pseudo-threshold", "0"],
+     "--pseudo-threshold must be above 0 and at most 1, not 0.0"),
+    (["--arch", "mlp", "--pseudo-label", str(SAMPLE)], "--pseudo-label needs a CNN"),
+    # The training file itself, passed by mistake: refused before anything trains.
+    (["--pseudo-label", str(SAMPLE)], "has a label column: pseudo-labelling takes an unlabelled"),
 ])
 def test_train_refuses_bad_options(home: Path, args: list[str], message: str) -> None:
     result = subprocess.run(

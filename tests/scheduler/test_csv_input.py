@@ -15,6 +15,7 @@ from scheduler.csv_input import (
     parse_header,
     read_blocks,
     read_labelled,
+    read_unlabelled,
 )
 
 HEADER = ",".join(PIXEL_HEADER)
@@ -128,3 +129,24 @@ def test_read_labelled_refuses_unlabelled(tmp_path: Path) -> None:
     path.write_text("\n".join([HEADER, ROW]) + "\n")
     with pytest.raises(CsvFileError, match="no label column"):
         read_labelled(path)
+
+
+@pytest.mark.parametrize(("header", "row", "message"), [
+    (LABELLED, "3," + ROW, "has a label column: pseudo-labelling takes an unlabelled CSV"),
+    (HEADER, ROW.replace("255", "256"), "row 2: "),
+])
+def test_read_unlabelled_refuses_labels_and_bad_rows(tmp_path: Path, header: str, row: str,
+                                                     message: str) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("\n".join([header, ROW if header == HEADER else "1," + ROW, row]) + "\n")
+    with pytest.raises(CsvFileError, match=message):
+        read_unlabelled(path)
+
+
+def test_read_unlabelled_reads_every_row(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write("\n".join([HEADER, ROW, ROW.replace("255", "7")]) + "\n")
+    pixels = read_unlabelled(path)
+    assert pixels.shape == (2, 784) and pixels.dtype == np.uint8
+    assert pixels[:, -1].tolist() == [255, 7]
