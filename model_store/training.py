@@ -312,8 +312,8 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
                               num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     role = "teacher" if job.teacher else "member"
-    prefix = f"{role} {job.index + 1}/{config.ensemble} " if config.ensemble > 1 or job.teacher \
-        else ""
+    one_model = config.ensemble == 1 and not job.teacher
+    prefix = "" if one_model else f"{role} {job.index + 1}/{config.ensemble} "
     callback = _keras_callback(report, job.deadline, job.slot, prefix, epochs, steps_per_epoch,
                                scheduled)
     model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[callback],
