@@ -116,6 +116,9 @@ def train(
     degrade: Annotated[bool, typer.Option(
         help="Scan-like degradations in the augmentation (thicker and thinner strokes, blur, "
         "noise); --no-degrade trains on affine jitter only.")] = True,
+    label_smoothing: Annotated[float, typer.Option(
+        help="Train towards 1 - S on the label and S/10 on every class (0: plain labels).")
+    ] = 0.0,
     pseudo_label: Annotated[Path | None, typer.Option(
         help="Unlabelled CSV (pixel0..783, e.g. Kaggle's test.csv.gz) to self-train on: "
         "--ensemble teachers train first for --teacher-epochs, their confident labels of its "
@@ -140,6 +143,8 @@ def train(
         raise fail(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if not 0 < pseudo_threshold <= 1:
         raise fail(f"--pseudo-threshold must be above 0 and at most 1, not {pseudo_threshold}")
+    if not 0 <= label_smoothing < 1:
+        raise fail(f"--label-smoothing must be at least 0 and below 1, not {label_smoothing}")
     if pseudo_label is not None and not pseudo_label.is_file():
         raise fail(f"{pseudo_label}: no such file")
     if pseudo_label is not None and arch not in ENSEMBLE_ARCHITECTURES:
@@ -158,7 +163,8 @@ def train(
 
     config = TrainConfig(arch=arch, epochs=epochs, seed=seed, max_minutes=max_minutes,
                          ensemble=ensemble, jobs=jobs, precision=precision, elastic=elastic,
-                         degrade=degrade, pseudo_label=pseudo_label,
+                         degrade=degrade, label_smoothing=label_smoothing,
+                         pseudo_label=pseudo_label,
                          teacher_epochs=teacher_epochs, pseudo_threshold=pseudo_threshold,
                          command=shlex.join(["digits", *sys.argv[1:]]))
     err = console()

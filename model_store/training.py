@@ -44,6 +44,9 @@ class TrainConfig:
     precision: str = "float32"  # or "bf16": mixed bfloat16 training; saved models are float32
     elastic: bool = False  # add elastic distortions (Simard et al. 2003) to the augmentation
     degrade: bool = True  # scan-like degradations (stroke width, blur, noise) after the jitter
+    # Label smoothing (Szegedy et al. 2016): train towards 1 - s on the label and s / 10 on
+    # every class, so a member cannot drive its logits apart on the rows it memorises.
+    label_smoothing: float = 0.0
     # Self-training: with an unlabelled CSV, ``ensemble`` teachers train first for
     # ``teacher_epochs``; the rows they label with at least ``pseudo_threshold`` join the
     # training rows of ``ensemble`` new members (the students), which make the version.
@@ -300,7 +303,8 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
     scheduled = config.arch != "mlp"
     # The CNNs' rate is set before every step by the callback (model_store.schedule).
     optimizer = keras.optimizers.Adam(0.0) if scheduled else keras.optimizers.RMSprop()
-    model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
+    loss, metric = _loss_and_metric(config.label_smoothing)
+    model.compile(optimizer, loss=loss, metrics=metric)
     # One endless iterator for the whole fit (reshuffled on every pass): with a finite
     # dataset Keras builds and destroys an iterator per epoch, and on one 2-core VM each
     # teardown left the process idle for up to ~10 s waiting on tf.data's threads
@@ -310,6 +314,8 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
     if config.resolved_augment():
         dataset = dataset.map(_augmenter(seed, config.elastic, config.degrade),
                               num_parallel_calls=tf.data.AUTOTUNE)
+    if config.label_smoothing:
+        dataset = dataset.map(lambda x, y: (x, tf.one_hot(y, 10)))
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     role = "teacher" if job.teacher else "member"
     one_model = config.ensemble == 1 and not job.teacher
@@ -332,6 +338,17 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
         "validation_errors": int((predicted != job.y_val).sum()),
     }
     return model, card
+
+
+def _loss_and_metric(label_smoothing: float) -> tuple[Any, list[Any]]:
+    """The loss and accuracy metric for ``compile``. Keras' sparse cross-entropy has no
+    smoothing, so a smoothed run feeds one-hot labels to the categorical one."""
+    import keras
+
+    if not label_smoothing:
+        return "sparse_categorical_crossentropy", ["accuracy"]
+    return (keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+            [keras.metrics.CategoricalAccuracy(name="accuracy")])
 
 
 def _build(arch: str, name: str | None, precision: str) -> Any:
@@ -510,6 +527,8 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
                          f"{', '.join(PRECISIONS)}")
     if not 0 < config.pseudo_threshold <= 1:
         raise ValueError("pseudo_threshold must be in (0, 1]")
+    if not 0 <= config.label_smoothing < 1:
+        raise ValueError("label_smoothing must be in [0, 1)")
     started = time.time()
     split = load_split(data, config.val_fraction)
     unlabelled = read_unlabelled(config.pseudo_label) if config.pseudo_label else None
@@ -602,6 +621,7 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
             "precision": "mixed bfloat16 (float32 variables and softmax; saved as float32)"
             if config.precision == "bf16" else "float32",
             "augmentation": _augmentation(config),
+            "label_smoothing": config.label_smoothing,
             "optimizer": "RMSprop" if config.arch == "mlp"
             else f"Adam, 1 warm-up epoch to {PEAK_LEARNING_RATE:g} then cosine decay to 0 over "
             "the member's schedule_epochs (the planned epochs, or fewer if they would not fit "

@@ -66,6 +66,7 @@ def test_train_ensemble_is_one_safely_loadable_version(home: Path) -> None:
     assert [m["seed"] for m in card["training"]["members"]] == [0, 1000]
     assert "elastically distorted" in card["training"]["augmentation"]
     assert "thicker strokes" in card["training"]["augmentation"]  # degradations by default
+    assert card["training"]["label_smoothing"] == 0.0
     assert all(m["epochs_run"] == 1 for m in card["training"]["members"])
     # Calibration saw the clean held-out rows and the same rows rendered as scans.
     scans = card["scan_validation"]
@@ -130,7 +131,7 @@ def test_bf16_training_saves_a_float32_model(home: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "cnn-lite",
          "--ensemble", "2", "--jobs", "1", "--epochs", "1", "--precision", "bf16", "--quiet",
-         "--no-degrade"],
+         "--no-degrade", "--label-smoothing", "0.1"],
         capture_output=True, text=True, env=dict(os.environ), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     from model_store.loading import load
@@ -140,6 +141,7 @@ def test_bf16_training_saves_a_float32_model(home: Path) -> None:
     assert version.card["training"]["precision"].startswith("mixed bfloat16")
     assert "elastic" not in version.card["training"]["augmentation"]  # only when asked
     assert version.card["training"]["augmentation"].endswith("; no scan degradations")
+    assert version.card["training"]["label_smoothing"] == 0.1
     model = load(version)
     policies = {layer.dtype_policy.name for member in model.layers[1:3] for layer in member.layers}
     assert policies == {"float32"}
@@ -231,6 +233,7 @@ def test_models_evaluate_re_measures_a_version_on_the_held_out_rows(home: Path) 
     (["--pseudo-label", str(SAMPLE), "--pseudo-threshold", "0"],
      "--pseudo-threshold must be above 0 and at most 1, not 0.0"),
     (["--arch", "mlp", "--pseudo-label", str(SAMPLE)], "--pseudo-label needs a CNN"),
+    (["--label-smoothing", "1"], "--label-smoothing must be at least 0 and below 1, not 1.0"),
     # The training file itself, passed by mistake: refused before anything trains.
     (["--pseudo-label", str(SAMPLE)], "has a label column: pseudo-labelling takes an unlabelled"),
 ])
@@ -308,3 +311,21 @@ def test_background_work_hands_back_its_result_or_its_error(fail: bool) -> None:
             result()
     else:
         assert result() == 49
+
+
+@pytest.mark.parametrize(("smoothing", "expected"), [
+    (0.0, 0.0),  # a certain, right prediction costs nothing with plain labels
+    # with smoothing the target is 0.91 on the label and 0.01 elsewhere: certainty costs
+    (0.1, -(0.91 * np.log(1 - 9e-7) + 9 * 0.01 * np.log(1e-7))),
+])
+def test_label_smoothing_penalises_certainty(smoothing: float, expected: float) -> None:
+    from model_store.training import _loss_and_metric
+
+    loss, _ = _loss_and_metric(smoothing)
+    import keras
+
+    probs = np.full((1, 10), 1e-7, np.float32)
+    probs[0, 3] = 1 - 9e-7
+    label = np.array([3]) if not smoothing else np.eye(10, dtype=np.float32)[[3]]
+    value = float(np.mean(keras.losses.get(loss)(label, probs)))
+    assert value == pytest.approx(expected, abs=1e-3)
