@@ -296,8 +296,12 @@ def models_show(
         lines.append(
             f"  training          {train.get('epochs_run', '?')}/{train.get('epochs_planned', '?')}"
             f" epochs, batch {train.get('batch_size', '?')}, {train.get('optimizer', '?')}, "
-            f"seed {train.get('seed', '?')}, {train.get('wall_seconds', '?')} s on "
+            + (f"label smoothing {train['label_smoothing']}, " if train.get("label_smoothing")
+               else "")
+            + f"seed {train.get('seed', '?')}, {train.get('wall_seconds', '?')} s on "
             f"{train.get('machine', '?')}, keras {train.get('keras', '?')}")
+        if train.get("augmentation"):
+            lines.append(f"  augmentation      {train['augmentation']}")
     for member in train.get("members", []) if len(train.get("members", [])) > 1 else []:
         lines.append(f"    member {member['member']}        seed {member['seed']}, "
                      f"{member['epochs_run']} epochs, {member['wall_seconds']} s, validation "

@@ -132,6 +132,10 @@ def test_cli_promote_history_rollback_show_and_list(db: Path) -> None:
     shown = runner.invoke(app, ["models", "show", str(candidate)])
     assert shown.exit_code == 0 and "integrity         ok" in shown.stdout
     assert "per-class acc." in shown.stdout and "validation        accuracy" in shown.stdout
+    training = default_version().card["training"]
+    assert f"augmentation      {training['augmentation']}" in shown.stdout
+    smoothing = training.get("label_smoothing")  # named only when the model was trained with it
+    assert (f"label smoothing {smoothing}, " in shown.stdout) == bool(smoothing)
     hist = runner.invoke(app, ["models", "history"])
     assert f"v{base} → v{candidate}" in hist.stdout and "release" in hist.stdout
     back = runner.invoke(app, ["models", "rollback"])
