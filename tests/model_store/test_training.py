@@ -319,11 +319,11 @@ def test_background_work_hands_back_its_result_or_its_error(fail: bool) -> None:
     (0.1, -(0.91 * np.log(1 - 9e-7) + 9 * 0.01 * np.log(1e-7))),
 ])
 def test_label_smoothing_penalises_certainty(smoothing: float, expected: float) -> None:
+    import keras
+
     from model_store.training import _loss_and_metric
 
     loss, _ = _loss_and_metric(smoothing)
-    import keras
-
     probs = np.full((1, 10), 1e-7, np.float32)
     probs[0, 3] = 1 - 9e-7
     label = np.array([3]) if not smoothing else np.eye(10, dtype=np.float32)[[3]]
