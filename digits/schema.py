@@ -60,6 +60,10 @@ class Batch(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(Stamp)
+    # Who is streaming the input into items (host:pid) and when it last committed a chunk:
+    # a batch still ``enqueueing`` whose ingester is gone was interrupted (resume or cancel).
+    ingest_owner: Mapped[str | None] = mapped_column(String(255))
+    ingest_seen_at: Mapped[datetime | None] = mapped_column(Stamp)
 
 
 class Chunk(Base):
@@ -144,6 +148,8 @@ class WorkerHeartbeat(Base):
 
     __tablename__ = "workers"
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # ``worker`` scores chunks; ``scheduler`` sweeps (a lone worker sweeps when none is alive)
+    role: Mapped[str] = mapped_column(String(16), default="worker", server_default="worker")
     concurrency: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
