@@ -36,9 +36,19 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+MISSING_SCHEMA = ("no such table", "undefinedtable", "does not exist")
+
+
 def db_problem(exc: Exception) -> str:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"cannot read the database ({first}); run `digits db upgrade` first?"
+    """The database's own first line, without the SQL statement SQLAlchemy appends; the
+    `digits db upgrade` hint only when the tables are really missing."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip()
+    first = text.splitlines()[0] if text else type(orig).__name__
+    name = type(orig).__name__
+    if any(m in f"{name} {first}".lower() for m in MISSING_SCHEMA) and "database" not in first:
+        return f"no digits tables in the database ({first}); run `digits db upgrade` first"
+    return f"cannot read the database: {name}: {first}"
 
 
 def console() -> Any:
@@ -672,6 +682,8 @@ def results(
 
     if fmt not in ("table", "csv", "json"):
         raise fail("--format must be table, csv or json")
+    if limit is not None and limit < 1:
+        raise fail(f"--limit must be at least 1, not {limit}", 2)
     try:
         rows = query(batch, below_confidence, limit, source)
     except Exception as exc:  # no database yet, or unreachable

@@ -140,8 +140,11 @@ def results(batch_id: int | None = None, below: float | None = None, limit: int 
     if below is not None:
         query = query.where(Prediction.confidence < below)
     if source_like:
-        query = query.where(Item.source_ref.like(f"%{source_like}%"))
-    if limit:
+        # literal text: "%" and "_" are characters here, not LIKE wildcards
+        query = query.where(Item.source_ref.contains(source_like, autoescape=True))
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit must be at least 1, not {limit}")
         query = query.limit(limit)
     with session() as sess:
         rows = sess.execute(query).all()

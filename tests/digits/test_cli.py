@@ -86,3 +86,51 @@ def test_errors_are_one_clear_line(args: list[str], message: str, home: Path) ->
     _, result = run_cli(*args)
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def _enqueue_named(tmp: Path, name: str, sample_rows: list[str], rows: int) -> None:
+    from scheduler.batches import enqueue_csv
+
+    path = tmp / name
+    path.write_text("\n".join(sample_rows[: rows + 1]) + "\n")
+    enqueue_csv(path)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--source", "%"], []),
+        (["--source", "_"], ["under_score.csv:1", "under_score.csv:2"]),
+        (["--source", "plain.csv:1"], ["plain.csv:1"]),
+        (["--source", "\\"], []),
+        (["--limit", "1"], ["plain.csv:1"]),
+    ],
+)
+def test_results_source_is_literal_text(args: list[str], expected: list[str], backend: str,
+                                        tmp_path: Path, sample_rows: list[str]) -> None:
+    """``--source`` matches text, not a LIKE pattern: ``%`` and ``_`` are characters."""
+    _enqueue_named(tmp_path, "plain.csv", sample_rows, 3)
+    _enqueue_named(tmp_path, "under_score.csv", sample_rows, 2)
+    _, result = run_cli("results", "--format", "csv", *args)
+    assert result.returncode == 0, result.stderr
+    sources = [line.split(",")[3] for line in result.stdout.splitlines()[1:]]
+    assert sources == expected
+
+
+@pytest.mark.parametrize("limit", ["-1", "0"])
+def test_results_refuses_a_limit_below_one(limit: str, backend: str) -> None:
+    _, result = run_cli("results", "--limit", limit)
+    assert result.returncode != 0
+    assert f"--limit must be at least 1, not {limit}" in result.stderr
+    assert "db upgrade" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_database_error_gives_its_own_reason(home: Path) -> None:
+    """Only a missing schema suggests `digits db upgrade`; another failure says what it is."""
+    _, missing = run_cli("results")
+    assert "no digits tables" in missing.stderr and "digits db upgrade" in missing.stderr
+    _, down = run_cli("results", env={
+        "DIGITS_DATABASE_URL": "postgresql+psycopg://root@127.0.0.1:1/nowhere"})
+    assert down.returncode != 0 and "Traceback" not in down.stderr
+    assert "cannot read the database" in down.stderr and "db upgrade" not in down.stderr
+    assert "127.0.0.1" in down.stderr  # the driver's own words: which server was tried

@@ -150,3 +150,79 @@ def test_read_unlabelled_reads_every_row(tmp_path: Path) -> None:
     pixels = read_unlabelled(path)
     assert pixels.shape == (2, 784) and pixels.dtype == np.uint8
     assert pixels[:, -1].tolist() == [255, 7]
+
+
+def _row_with(value: str, at: int = 5) -> str:
+    fields = ["0"] * 784
+    fields[at] = value
+    return ",".join(fields)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (str(2**63), f"pixel5 out of range 0–255: {2**63}"),
+        (str(2**64), f"pixel5 out of range 0–255: {2**64}"),
+        ("9" * 23, "pixel5 out of range 0–255: " + "9" * 23),
+        ("9" * 5000, "pixel5 out of range 0–255: " + "9" * 30 + "… (5000 digits)"),
+        (" 7", "pixel5 is not a plain integer (ASCII digits only): ' 7'"),
+        ("7 ", "pixel5 is not a plain integer (ASCII digits only): '7 '"),
+        ("+5", "pixel5 is not a plain integer (ASCII digits only): '+5'"),
+        ("-0", "pixel5 is not a plain integer (ASCII digits only): '-0'"),
+        ("٣", "pixel5 is not a plain integer (ASCII digits only): '٣'"),
+        ("７", "pixel5 is not a plain integer (ASCII digits only): '７'"),
+        ("1e3", "pixel5 is not an integer: '1e3'"),
+        ("0x1", "pixel5 is not an integer: '0x1'"),
+        ("1_0", "pixel5 is not a plain integer (ASCII digits only): '1_0'"),
+    ],
+)
+def test_a_value_is_plain_ascii_digits_whatever_its_size(tmp_path: Path, value: str,
+                                                         reason: str) -> None:
+    """One hostile value is a row error, never an exception; the other rows go on. The fast
+    (pandas) path and the per-row check must refuse the same things."""
+    path = tmp_path / "x.csv"
+    path.write_text("\n".join([HEADER, ROW, _row_with(value), ROW]) + "\n", encoding="utf-8")
+    rows, errors = blocks(path)
+    assert rows == [1, 3]
+    assert errors == [(2, reason)]
+
+
+@pytest.mark.parametrize("value", ["0", "00", "007", "255"])
+def test_leading_zeros_and_crlf_are_plain_integers(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "x.csv"
+    path.write_bytes(("\r\n".join([HEADER, _row_with(value), ROW]) + "\r\n").encode())
+    rows, errors = blocks(path)
+    assert (rows, errors) == ([1, 2], [])
+
+
+def test_a_label_of_any_size_is_a_row_error(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text("\n".join([LABELLED, "3," + ROW, f"{2**70}," + ROW]) + "\n")
+    rows, errors = blocks(path)
+    assert rows == [1]
+    assert errors == [(2, f"label out of range 0–9: {2**70}")]
+
+
+WIDE_HEADER = ",".join(f"pixel{i}" for i in range(10_000))
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (WIDE_HEADER,
+         f"wrong header: the first line is {len(WIDE_HEADER) + 1:,} characters long with 10,000 "
+         "columns; a digits "
+         "CSV header has 784 (pixel0,…,pixel783) or 785 (label first)"),
+        ("x" * 50_000_000,
+         "wrong header: the first line is 50,000,001 characters long with 1 column; a digits "
+         "CSV header has 784 (pixel0,…,pixel783) or 785 (label first)"),
+    ],
+    ids=["10000-columns", "one-50MB-line"],
+)
+def test_an_oversized_header_gets_its_real_reason(tmp_path: Path, header: str,
+                                                  message: str) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text(header + "\n" + ROW + "\n")
+    with pytest.raises(CsvFileError) as caught:
+        blocks(path)
+    assert str(caught.value) == message
