@@ -92,7 +92,8 @@ def batch_progress(batch_ids: list[int] | None = None, active_only: bool = False
 def connected_workers() -> list[dict[str, Any]]:
     cutoff = utcnow() - timedelta(seconds=WORKER_STALE_SECONDS)
     with session() as sess:
-        rows = sess.scalars(select(WorkerHeartbeat).where(WorkerHeartbeat.last_seen >= cutoff)
+        rows = sess.scalars(select(WorkerHeartbeat).where(WorkerHeartbeat.last_seen >= cutoff,
+                                                          WorkerHeartbeat.role == "worker")
                             .order_by(WorkerHeartbeat.name)).all()
         return [{"name": r.name, "concurrency": r.concurrency,
                  "last_seen": aware(r.last_seen).isoformat()} for r in rows]

@@ -55,9 +55,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _timeouts_nest(self) -> Settings:
-        """Redis must never hand a live task to a second worker: the hard time limit kills a
-        chunk before its visibility timeout. (Keep the lease above the time limit too, as the
-        defaults do; tests shorten leases on purpose to make recovery fast.)"""
+        """A live task is never handed to a second worker. The hard time limit kills a chunk
+        before its lease expires (else the sweeper re-queues a chunk that is still being
+        scored: every chunk of a slow batch ends quarantined as "worker lost") and before
+        Redis's visibility timeout redelivers it. Running chunks also renew their lease
+        (worker/chunks.py), so the lease only has to outlive one renewal interval."""
+        if not self.task_time_limit < self.lease_seconds:
+            raise ValueError(
+                "DIGITS_LEASE_SECONDS must be above DIGITS_TASK_TIME_LIMIT (a chunk's lease "
+                "must outlive its longest allowed run); got "
+                f"{self.lease_seconds:g} and {self.task_time_limit}"
+            )
         if not self.task_time_limit < self.visibility_timeout:
             raise ValueError(
                 "DIGITS_TASK_TIME_LIMIT must be below DIGITS_VISIBILITY_TIMEOUT; got "

@@ -79,10 +79,12 @@ def wait_for(batch_ids: list[int], timeout: float, progress: Any = None,
     from sqlalchemy.exc import DBAPIError
 
     from scheduler.sweeper import sweep
+    from worker.heartbeat import sweeper_beat
 
     settings = get_settings()
     deadline = time.monotonic() + timeout
     next_sweep = time.monotonic() + settings.sweep_seconds
+    sweeper_beat()  # this wait sweeps: local workers need not
     while True:
         try:
             state = batch_progress(batch_ids)
@@ -99,6 +101,7 @@ def wait_for(batch_ids: list[int], timeout: float, progress: Any = None,
         if time.monotonic() > deadline:
             raise TimeoutError(f"batches {batch_ids} not finished after {timeout:.0f} s")
         if time.monotonic() >= next_sweep:
+            sweeper_beat()
             try:
                 sweep()
             except Exception as exc:  # broker or database briefly down: sweep again later

@@ -74,6 +74,7 @@ def run_scheduler(stop: threading.Event, beat: bool = True) -> None:
     """Scan the inbox, sweep leases, file failures, until ``stop`` is set."""
     from scheduler.sweeper import sweep
     from worker import metrics
+    from worker.heartbeat import sweeper_beat, sweeper_gone
 
     settings = get_settings()
     inbox = Inbox(settings.inbox_dir, settings.inbox_settle_seconds)
@@ -91,6 +92,7 @@ def run_scheduler(stop: threading.Event, beat: bool = True) -> None:
             try:
                 inbox.scan()  # logs event=drop_enqueued per batch
                 if time.monotonic() >= next_sweep:
+                    sweeper_beat()  # workers sweep themselves only when this goes stale
                     sweep()
                     inbox.file_failures()
                     next_sweep = time.monotonic() + settings.sweep_seconds
@@ -107,6 +109,7 @@ def run_scheduler(stop: threading.Event, beat: bool = True) -> None:
                 wake.clear()
                 stop.wait(settings.inbox_settle_seconds)
     finally:
+        sweeper_gone()
         if observer is not None:
             observer.stop()
         if service is not None:

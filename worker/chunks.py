@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -93,6 +96,44 @@ def claim(chunk_id: int) -> Claim | None:
         chunk.lease_expires_at = now + timedelta(seconds=settings.lease_seconds)
         return Claim(chunk.id, batch.id, batch.kind, chunk.ref, batch.source,
                      batch.model_version, chunk.attempts)
+
+
+def renew_lease(chunk_id: int) -> bool:
+    """Push this process's lease on a running chunk one lease further; False once the chunk
+    is no longer ours (finished, released, or taken back by the sweeper)."""
+    settings = get_settings()
+    with session(write=True) as sess:
+        result = sess.execute(
+            update(Chunk)
+            .where(Chunk.id == chunk_id, Chunk.state == "running",
+                   Chunk.lease_owner == owner_name())
+            .values(lease_expires_at=utcnow() + timedelta(seconds=settings.lease_seconds))
+        )
+    return bool(getattr(result, "rowcount", 0))
+
+
+@contextmanager
+def lease_kept(chunk_id: int) -> Iterator[None]:
+    """Renew the chunk's lease every third of a lease while the block runs, so a slow chunk
+    (a big forward pass on a loaded machine, a slow shared disk) is never taken from a live
+    worker. A dead process stops renewing, so the sweeper still recovers its chunk within one
+    lease. The update is conditional: a renewal racing the final write changes nothing."""
+    stop = threading.Event()
+    interval = get_settings().lease_seconds / 3
+
+    def renew() -> None:
+        while not stop.wait(interval):
+            try:
+                if not renew_lease(chunk_id):
+                    return
+            except Exception as exc:  # the database may be briefly down: try again
+                log.warning("chunk %s: lease renewal failed: %s", chunk_id, exc)
+
+    threading.Thread(target=renew, name=f"lease-{chunk_id}", daemon=True).start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def release(chunk_id: int, error: str) -> None:
@@ -205,12 +246,13 @@ def process_chunk(chunk_id: int) -> str:
     if found is None:
         return "skipped"
     try:
-        meta, model = model_for(found.model_version)
-        inputs = read_inputs(found)
-        probs = predict(model, inputs.tensor)
-        shaped = shape(probs, meta.temperature, get_settings().confidence_threshold)
-        rows = prediction_rows(inputs.item_ids, shaped, found.model_version)
-        written = write_results(found, rows, inputs.errors)
+        with lease_kept(chunk_id):
+            meta, model = model_for(found.model_version)
+            inputs = read_inputs(found)
+            probs = predict(model, inputs.tensor)
+            shaped = shape(probs, meta.temperature, get_settings().confidence_threshold)
+            rows = prediction_rows(inputs.item_ids, shaped, found.model_version)
+            written = write_results(found, rows, inputs.errors)
     except BaseException as exc:
         try:
             release(chunk_id, f"{type(exc).__name__}: {exc}")

@@ -27,7 +27,8 @@ def test_whole_worker_killed_then_restarted_completes(
     """SIGKILL the worker and all its children: in-flight messages may be lost for good (the
     embedded broker) or held until the visibility timeout (Redis). Leases in the database and
     the sweeper bring every chunk back; recovery takes about one lease."""
-    monkeypatch.setenv("DIGITS_LEASE_SECONDS", "4")
+    monkeypatch.setenv("DIGITS_LEASE_SECONDS", "6")
+    monkeypatch.setenv("DIGITS_TASK_TIME_LIMIT", "5")  # the lease must outlive it
     monkeypatch.setenv("DIGITS_TF_THREADS", "1")
     from digits.settings import get_settings
 
@@ -102,7 +103,8 @@ def test_poison_chunk_is_quarantined_and_the_rest_goes_on(
 ) -> None:
     """A chunk whose input kills its worker every time: quarantined after N attempts."""
     monkeypatch.setenv("DIGITS_MAX_ATTEMPTS", "2")
-    monkeypatch.setenv("DIGITS_LEASE_SECONDS", "3")
+    monkeypatch.setenv("DIGITS_LEASE_SECONDS", "6")
+    monkeypatch.setenv("DIGITS_TASK_TIME_LIMIT", "5")  # the lease must outlive it
     from digits.settings import get_settings
 
     get_settings.cache_clear()
@@ -124,3 +126,53 @@ def test_poison_chunk_is_quarantined_and_the_rest_goes_on(
         assert chunk.state == "quarantined" and chunk.attempts == 2
         assert "failed 2 attempts" in (chunk.error or "")
     assert set(prediction_counts(done.batch_id).values()) == {0, 1}
+
+
+def _kill_mid_batch(worker_factory: type, source: Path) -> tuple[int, float]:
+    """Start a worker, enqueue, SIGKILL the whole worker once a chunk runs and one is done."""
+    first = worker_factory()
+    first.wait_ready()
+    done = enqueue_csv(source, chunk_size=500)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with session() as sess:
+            states = sess.scalars(select(Chunk.state).where(Chunk.batch_id == done.batch_id)).all()
+        if "running" in states and "done" in states:
+            break
+        time.sleep(0.02)
+    first.kill_all()
+    return done.batch_id, time.monotonic()
+
+
+def test_a_lone_worker_sweeps_and_recovers_within_the_lease(
+    backend: str, worker_factory: type, sample_rows: list[str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A whole worker SIGKILLed mid-batch, then a new `digits worker` with no scheduler and no
+    `digits run` (nothing else sweeps; this test only reads). Before: its chunks stayed
+    ``running`` for good on the embedded broker (100 s seen) and until Redis's 300-s
+    visibility timeout on Redis. Now the worker sweeps when no scheduler heartbeat is fresh."""
+    from digits.queries import batch_progress
+
+    monkeypatch.setenv("DIGITS_LEASE_SECONDS", "6")
+    monkeypatch.setenv("DIGITS_TASK_TIME_LIMIT", "5")
+    monkeypatch.setenv("DIGITS_TF_THREADS", "1")
+    from digits.settings import get_settings
+
+    get_settings.cache_clear()
+    source = write_csv(tmp_path / "big.csv", sample_rows[:1] + sample_rows[1:] * 30)  # 6,000
+    batch_id, killed_at = _kill_mid_batch(worker_factory, source)
+    second = worker_factory()
+    deadline = killed_at + 90
+    while time.monotonic() < deadline:
+        [state] = batch_progress([batch_id])
+        if state.finished:
+            break
+        time.sleep(0.5)
+    recovery = time.monotonic() - killed_at
+    assert state.status == "done", f"not done after {recovery:.0f} s: {second.tail()}"
+    counts = prediction_counts(batch_id)
+    assert len(counts) == 6000 and set(counts.values()) == {1}
+    assert recovery < 45, f"recovery took {recovery:.1f} s"
+    print(f"[{backend}] lone worker: 0 lost, 0 duplicates, done {recovery:.1f} s after the kill "
+          "(lease 6 s)")

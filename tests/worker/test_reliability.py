@@ -93,9 +93,9 @@ def test_poison_chunks_that_hang_or_kill_their_worker_are_quarantined(
     and 3 are scored meanwhile; the batch finishes; nothing loops."""
     monkeypatch.setenv("DIGITS_TASK_TIME_LIMIT", "16")  # soft limit 8 s, hard 16 s
     monkeypatch.setenv("DIGITS_MAX_ATTEMPTS", "2")
-    # a lease longer than the soft limit: see "lease shorter than the time limit" in
-    # docs/RELIABILITY.md for what happens otherwise
-    monkeypatch.setenv("DIGITS_LEASE_SECONDS", "10")
+    # the lease must outlive the hard limit (settings refuse less): see "lease shorter than
+    # the time limit" in docs/RELIABILITY.md for what happened before they did
+    monkeypatch.setenv("DIGITS_LEASE_SECONDS", "20")
     monkeypatch.setenv("DIGITS_TF_THREADS", "1")
     inject_crash_hook(tmp_path / "hook", monkeypatch)
     reload_settings()
@@ -165,7 +165,8 @@ def test_redis_restarted_mid_run_every_batch_completes_exactly_once(
     """A non-persistent Redis SIGKILLed mid-run and restarted on the same port 3 s later: every
     message it held is gone. Workers reconnect by themselves; the sweeper (here: inside
     wait_for, as in `digits run`) re-sends chunks whose message is older than the lease."""
-    monkeypatch.setenv("DIGITS_LEASE_SECONDS", "5")
+    monkeypatch.setenv("DIGITS_LEASE_SECONDS", "6")
+    monkeypatch.setenv("DIGITS_TASK_TIME_LIMIT", "5")  # the lease must outlive it
     monkeypatch.setenv("DIGITS_TF_THREADS", "1")
     setup_backend("services", request, monkeypatch)
     worker = worker_factory()
@@ -244,6 +245,7 @@ def test_postgres_stopped_20s_mid_run_every_batch_completes_exactly_once(
     pre-pings, so the first use after the restart reconnects; `digits run`'s wait rides it out.
     """
     monkeypatch.setenv("DIGITS_LEASE_SECONDS", "10")
+    monkeypatch.setenv("DIGITS_TASK_TIME_LIMIT", "8")  # the lease must outlive it
     monkeypatch.setenv("DIGITS_TF_THREADS", "1")
     setup_backend("services", request, monkeypatch)  # private Redis too
     monkeypatch.setenv("DIGITS_DATABASE_URL", private_postgres.create_database("digits"))
