@@ -10,11 +10,10 @@ import os
 import socket
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
-from datetime import timedelta
-
 from sqlalchemy import delete, exists, select
 
 from digits.db import session
