@@ -36,18 +36,25 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-MISSING_SCHEMA = ("no such table", "undefinedtable", "does not exist")
+#: PostgreSQL's SQLSTATEs for a table, column or schema the query names but the database
+#: lacks (undefined_table, undefined_column, invalid_schema_name), and SQLite's own words.
+MISSING_SCHEMA_STATES = frozenset({"42P01", "42703", "3F000"})
+MISSING_SCHEMA_SQLITE = ("no such table", "no such column")
 
 
 def db_problem(exc: Exception) -> str:
     """The database's own first line, without the SQL statement SQLAlchemy appends; the
-    `digits db upgrade` hint only when the tables are really missing."""
+    `digits db upgrade` hint only when the schema is really missing or older than the code
+    (decided by the driver's error code, not by words such as "does not exist", which
+    PostgreSQL also uses for an unknown role or database)."""
     orig = getattr(exc, "orig", None) or exc
     text = str(orig).strip()
     first = text.splitlines()[0] if text else type(orig).__name__
     name = type(orig).__name__
-    if any(m in f"{name} {first}".lower() for m in MISSING_SCHEMA) and "database" not in first:
-        return f"no digits tables in the database ({first}); run `digits db upgrade` first"
+    if (getattr(orig, "sqlstate", None) in MISSING_SCHEMA_STATES
+            or (type(orig).__module__ == "sqlite3" and first.startswith(MISSING_SCHEMA_SQLITE))):
+        return f"the database has no or an older digits schema ({first}); " \
+               "run `digits db upgrade` first"
     return f"cannot read the database: {name}: {first}"
 
 
@@ -544,12 +551,23 @@ def enqueue(
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    exit_with_parent: Annotated[int | None, typer.Option(
+        help="Warm shutdown once process PID is no longer this worker's parent (what "
+        "`digits run` and `digits up` pass, so their workers never outlive them).")] = None,
 ) -> None:
     """Run a Celery worker (prefork) that scores chunks."""
+    import signal
+
     from digits.settings import get_settings
     from worker.celery_app import QUEUE
     from worker.celery_app import app as celery_app
+    from worker.local import watch_parent
 
+    if exit_with_parent is not None:
+        if os.getppid() != exit_with_parent:
+            raise fail(f"--exit-with-parent {exit_with_parent}: that is not this process's "
+                       "parent (already gone?)")
+        watch_parent(exit_with_parent, lambda: os.kill(os.getpid(), signal.SIGTERM))
     n = concurrency or get_settings().workers
     # A node name per process (Celery's default is celery@<host> for all): `digits up` and
     # `digits run` start several workers on one host, and remote control (`celery inspect`)

@@ -93,7 +93,7 @@ def build(arch: str, name: str | None = None) -> Any:
     if arch == "cnn-wide":
         # The same layout at the Kaggle nets' full width (32/64 filters): about 4x a cnn-lite
         # member's multiply-adds, so two of them (versions 3 and 4) cost what six cnn-lite
-        # members (version 2) do at scoring time, with fewer held-out errors (docs/BENCHMARK.md).
+        # members (version 2) do at scoring time, with fewer held-out errors (docs/benchmark.md).
         return build_cnn_lite(name or "cnn_wide", widths=(32, 64))
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -28,6 +28,9 @@ NO_LABEL = -1
 #: What a value may be: plain ASCII digits. Kaggle's files hold nothing else; Python's int()
 #: would also take " 7", "+5", "1_0" and other scripts' digits ("٣"), which are refused.
 PLAIN_INTEGER = re.compile(r"[0-9]+")
+#: What Python's int() would take (Unicode whitespace, a sign, any script's digits, "_"
+#: between digits): matched as text, since int() itself refuses over 4300 digits (ValueError).
+LENIENT_INTEGER = re.compile(r"\s*[+-]?\d+(?:_\d+)*\s*")
 #: Everything a clean block is made of; any other character sends it to the per-row check.
 CLEAN_BYTES = b"0123456789,\r\n"
 #: How much of an absurd value a reason quotes.
@@ -74,14 +77,13 @@ def _not_plain(name: str, token: str) -> str:
     """Why a value that is not plain ASCII digits is refused: a negative number is out of
     range; one Python's int() would take (" 7", "+5", "٣", "1_0") is not plain; the rest is
     not an integer at all."""
-    if token.startswith("-") and PLAIN_INTEGER.fullmatch(token[1:]) and int(token[1:]):
+    magnitude = token[1:]
+    if token.startswith("-") and PLAIN_INTEGER.fullmatch(magnitude) and magnitude.strip("0"):
         what = "label out of range 0–9" if name == "label" else f"{name} out of range 0–255"
-        return f"{what}: -{_shown_number(token[1:])}"
-    try:
-        int(token)
-    except ValueError:
-        return f"{name} is not an integer: {token[:20]!r}"
-    return f"{name} is not a plain integer (ASCII digits only): {token[:20]!r}"
+        return f"{what}: -{_shown_number(magnitude)}"
+    if LENIENT_INTEGER.fullmatch(token):
+        return f"{name} is not a plain integer (ASCII digits only): {token[:20]!r}"
+    return f"{name} is not an integer: {token[:20]!r}"
 
 
 def check_row(line: str, labelled: bool) -> tuple[NDArray[np.uint8], int] | str:
@@ -122,7 +124,7 @@ def _clean(text: str) -> bool:
         return False
 
 
-def parse_block(lines: list[str | None], first_row: int, labelled: bool) -> Block:
+def parse_block(lines: Sequence[str | None], first_row: int, labelled: bool) -> Block:
     """Parse consecutive data lines (None marks a line refused as too long). Pure function."""
     expected = PIXELS + 1 if labelled else PIXELS
     fast: NDArray[np.int64] | None = None

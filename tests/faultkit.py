@@ -9,7 +9,7 @@ a server are injected into *private* instances started here on free loopback por
   owned by the ``postgres`` OS user (initdb refuses to run as root), trust auth on 127.0.0.1.
 
 :func:`report` prints the measured figures (and appends them as JSON lines to the file named
-by ``DIGITS_TEST_FIGURES`` when set), which is where docs/RELIABILITY.md's numbers come
+by ``DIGITS_TEST_FIGURES`` when set), which is where docs/reliability.md's numbers come
 from.
 """
 

@@ -125,12 +125,74 @@ def test_results_refuses_a_limit_below_one(limit: str, backend: str) -> None:
     assert "db upgrade" not in result.stderr and "Traceback" not in result.stderr
 
 
-def test_a_database_error_gives_its_own_reason(home: Path) -> None:
-    """Only a missing schema suggests `digits db upgrade`; another failure says what it is."""
+def test_a_missing_schema_suggests_db_upgrade(home: Path) -> None:
     _, missing = run_cli("results")
-    assert "no digits tables" in missing.stderr and "digits db upgrade" in missing.stderr
-    _, down = run_cli("results", env={
-        "DIGITS_DATABASE_URL": "postgresql+psycopg://root@127.0.0.1:1/nowhere"})
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert "no such table" in missing.stderr and "run `digits db upgrade` first" in missing.stderr
+
+
+def test_an_older_schema_suggests_db_upgrade(backend: str) -> None:
+    """A column the code reads but the database lacks (an upgrade not applied) is a schema
+    problem on both backends: SQLite says "no such column", PostgreSQL "column … does not
+    exist" (SQLSTATE 42703)."""
+    from sqlalchemy import text
+
+    from digits.db import get_engine
+
+    with get_engine().begin() as conn:
+        conn.execute(text("ALTER TABLE predictions DROP COLUMN margin"))
+    _, behind = run_cli("results")
+    assert behind.returncode != 0 and "Traceback" not in behind.stderr
+    assert "margin" in behind.stderr and "run `digits db upgrade` first" in behind.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("postgresql+psycopg://root@127.0.0.1:1/nowhere", "127.0.0.1"),
+        ("postgresql+psycopg://nosuchrole@127.0.0.1:5432/postgres",
+         'role "nosuchrole" does not exist'),
+        ("postgresql+psycopg://root@127.0.0.1:5432/nosuchdb", 'database "nosuchdb" does not exist'),
+    ],
+    ids=["server-down", "unknown-role", "no-such-database"],
+)
+def test_a_database_error_gives_its_own_reason(url: str, said: str, home: Path) -> None:
+    """Only a missing or older schema suggests `digits db upgrade`; another failure says what
+    it is in the driver's own words (its first line, no SQL statement)."""
+    _, down = run_cli("results", env={"DIGITS_DATABASE_URL": url})
     assert down.returncode != 0 and "Traceback" not in down.stderr
     assert "cannot read the database" in down.stderr and "db upgrade" not in down.stderr
-    assert "127.0.0.1" in down.stderr  # the driver's own words: which server was tried
+    assert said in down.stderr and "SELECT" not in down.stderr
+    assert len(down.stderr.splitlines()) == 1, down.stderr
+
+
+def test_enqueue_records_a_huge_value_as_a_row_error_and_goes_on(
+        backend: str, tmp_path: Path, sample_rows: list[str]) -> None:
+    """Issue 19 item 3: one value of 2**64 used to raise OverflowError out of the parser,
+    leaving the batch `enqueueing` and never enqueueing the next file on the command line."""
+    from sqlalchemy import select
+
+    from digits.db import session
+    from digits.schema import Batch, Item, ItemError
+
+    huge = sample_rows[2].split(",")
+    huge[6] = str(2**64)  # label first, so field 6 is pixel5
+    first = tmp_path / "huge.csv"
+    first.write_text("\n".join([sample_rows[0], sample_rows[1], ",".join(huge),
+                                sample_rows[3]]) + "\n")
+    second = tmp_path / "next.csv"
+    second.write_text("\n".join(sample_rows[:3]) + "\n")
+    _, result = run_cli("enqueue", str(first), str(second))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    ids = [int(line) for line in result.stdout.split()]
+    assert len(ids) == 2
+    with session() as sess:
+        batches = {b.id: (b.status, b.item_count, b.error_count)
+                   for b in sess.scalars(select(Batch).where(Batch.id.in_(ids)))}
+        reasons = sess.execute(select(Item.batch_id, Item.source_ref, ItemError.reason)
+                               .join(ItemError, ItemError.item_id == Item.id)).all()
+    assert [tuple(r) for r in reasons] == [
+        (ids[0], "huge.csv:2", "row 2: pixel5 out of range 0–255: 18446744073709551616")]
+    assert batches[ids[0]][1:] == (3, 1) and batches[ids[1]][1:] == (2, 0)
+    assert all(status != "enqueueing" for status, _, _ in batches.values()), batches

@@ -74,9 +74,10 @@ def test_blank_line_between_rows_is_an_error_but_trailing_blanks_are_not(tmp_pat
     assert errors == [(2, "empty row")]
 
 
-def test_huge_field_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
+@pytest.mark.parametrize("size", [100_000, 50_000_000], ids=["100kB", "50MB"])
+def test_huge_field_is_refused_without_reading_it_whole(tmp_path: Path, size: int) -> None:
     path = tmp_path / "in.csv"
-    path.write_text("\n".join([HEADER, ROW, "1" * 100_000 + "," + ROW, ROW]) + "\n")
+    path.write_text("\n".join([HEADER, ROW, "1" * size + "," + ROW, ROW]) + "\n")
     rows, errors = blocks(path)
     assert rows == [1, 3]
     assert errors == [(2, "row longer than 16384 bytes")]
@@ -158,6 +159,9 @@ def _row_with(value: str, at: int = 5) -> str:
     return ",".join(fields)
 
 
+NOT_PLAIN = "pixel5 is not a plain integer (ASCII digits only): "
+
+
 @pytest.mark.parametrize(
     ("value", "reason"),
     [
@@ -165,6 +169,11 @@ def _row_with(value: str, at: int = 5) -> str:
         (str(2**64), f"pixel5 out of range 0–255: {2**64}"),
         ("9" * 23, "pixel5 out of range 0–255: " + "9" * 23),
         ("9" * 5000, "pixel5 out of range 0–255: " + "9" * 30 + "… (5000 digits)"),
+        # past Python's 4300-digit int() limit: classified as text, never int() (ValueError)
+        ("-" + "9" * 5000, "pixel5 out of range 0–255: -" + "9" * 30 + "… (5000 digits)"),
+        ("-" + "0" * 5000, f"{NOT_PLAIN}'-{'0' * 19}'"),
+        ("٣" * 5000, f"{NOT_PLAIN}'{'٣' * 20}'"),
+        (" " + "9" * 5000, f"{NOT_PLAIN}' {'9' * 19}'"),
         (" 7", "pixel5 is not a plain integer (ASCII digits only): ' 7'"),
         ("7 ", "pixel5 is not a plain integer (ASCII digits only): '7 '"),
         ("+5", "pixel5 is not a plain integer (ASCII digits only): '+5'"),

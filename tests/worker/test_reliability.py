@@ -2,7 +2,7 @@
 workers, warm shutdown, and memory over hundreds of chunks.
 
 Each test prints ``FIGURES <test>: lost=…, duplicates=…, recover_s=…`` (run with ``-s``), the
-numbers recorded in docs/RELIABILITY.md.
+numbers recorded in docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def test_poison_chunks_that_hang_or_kill_their_worker_are_quarantined(
     monkeypatch.setenv("DIGITS_TASK_TIME_LIMIT", "16")  # soft limit 8 s, hard 16 s
     monkeypatch.setenv("DIGITS_MAX_ATTEMPTS", "2")
     # the lease must outlive the hard limit (settings refuse less): see "lease shorter than
-    # the time limit" in docs/RELIABILITY.md for what happened before they did
+    # the time limit" in docs/reliability.md for what happened before they did
     monkeypatch.setenv("DIGITS_LEASE_SECONDS", "20")
     monkeypatch.setenv("DIGITS_TF_THREADS", "1")
     inject_crash_hook(tmp_path / "hook", monkeypatch)
@@ -193,7 +193,7 @@ def test_redis_restarted_mid_run_every_batch_completes_exactly_once(
     def supervise() -> None:
         """What `digits run`, `digits up` and compose's `restart: unless-stopped` do: start
         a worker again if it exited (kombu can kill the worker on a Redis connection loss:
-        'Unrecoverable error: AttributeError(... 'hostname')', see docs/RELIABILITY.md)."""
+        'Unrecoverable error: AttributeError(... 'hostname')', see docs/reliability.md)."""
         if workers[-1].proc.poll() is not None:
             workers.append(worker_factory())
 
