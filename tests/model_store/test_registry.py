@@ -35,7 +35,7 @@ def test_no_warning_without_a_clash(home: Path) -> None:
 
 def test_the_package_bundles_exactly_one_model(home: Path) -> None:
     """One bundled model keeps the package small (each is 3-7 MB); the versions it replaced
-    live in git history, and the README's model table says how each was made."""
+    live in git history, and docs/models.md's table says how each was made."""
     bundled = [v for v in list_versions() if v.bundled]
     assert [v.version for v in bundled] == [default_version().version]
     assert bundled[0].model_file.stat().st_size < 10 * 2**20

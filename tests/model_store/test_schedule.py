@@ -131,7 +131,7 @@ def test_members_beyond_jobs_get_their_share_of_the_time_limit(home: Path) -> No
 @pytest.mark.parametrize(
     ("teacher_epochs", "teacher_rows", "student_epochs", "student_rows", "share"),
     [
-        (15, 37_800, 50, 65_800, 567 / (567 + 3_290)),  # the README's pseudo-label run
+        (15, 37_800, 50, 65_800, 567 / (567 + 3_290)),  # docs/models.md's pseudo-label run
         (10, 100, 10, 100, 0.5),  # equal work, equal time
         (10, 100, 30, 100, 0.25),
         (10, 100, 10, 300, 0.25),  # more rows for the students weigh like more epochs
