@@ -11,7 +11,8 @@ import os
 import shlex
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -527,24 +528,63 @@ def enqueue(
     model: Annotated[int | None, typer.Option(help="Pin this model version.")] = None,
 ) -> None:
     """Turn inputs into batches and queue them for the workers; prints one batch id per input."""
+    from sqlalchemy.exc import DBAPIError
+
     from digits.db import upgrade
     from scheduler.batches import SourceError, enqueue_path
 
     upgrade()
     failed = False
-    for path in paths:
-        try:
-            done = enqueue_path(path, model)
-        except SourceError as exc:
-            typer.secho(f"error: {exc}", fg="red", err=True)
-            failed = True
-            continue
-        typer.echo(done.batch_id)
-        if done.failed:
-            typer.secho(f"batch {done.batch_id} failed: {done.failed}", fg="red", err=True)
-            failed = True
+    batch_ids: list[int] = []
+    with interruptible(batch_ids):
+        for path in paths:
+            try:
+                done = enqueue_path(path, model)
+            except SourceError as exc:
+                typer.secho(f"error: {exc}", fg="red", err=True)
+                failed = True
+                continue
+            except DBAPIError as exc:
+                _report_left_behind(batch_ids)
+                raise fail(db_problem(exc)) from exc
+            batch_ids.append(done.batch_id)
+            typer.echo(done.batch_id)
+            if done.failed:
+                typer.secho(f"batch {done.batch_id} failed: {done.failed}", fg="red", err=True)
+                failed = True
     if failed:
         raise typer.Exit(1)
+
+
+def _report_left_behind(batch_ids: list[int]) -> None:
+    from scheduler.ingestion import left_behind
+
+    try:
+        for batch in left_behind(batch_ids):
+            typer.secho(batch.line(), fg="yellow", err=True)
+    except Exception as exc:  # the database itself may be why we stopped
+        typer.secho(f"cannot list what is left: {db_problem(exc)}", fg="red", err=True)
+
+
+@contextmanager
+def interruptible(batch_ids: list[int]) -> Iterator[None]:
+    """Ctrl-C or SIGTERM while enqueueing or waiting: say what is left behind (a batch half
+    ingested: resume or cancel it; batches queued: a worker finishes them) and exit 130,
+    instead of a traceback and a batch that looks complete."""
+    import signal
+
+    def terminate(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.secho("interrupted", fg="red", err=True)
+        _report_left_behind(batch_ids)
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -627,21 +667,72 @@ def run(
     quiet: QuietOpt = False,
 ) -> None:
     """Score inputs now: enqueue, start local workers if none is connected, wait, summarise."""
+    from sqlalchemy.exc import DBAPIError
+
     from digits.db import upgrade
     from scheduler.runner import run_paths
 
     upgrade()
+    created: list[int] = []
     try:
-        summary = run_paths(paths, workers=workers, timeout=timeout, model=model,
-                            out=out, show_progress=not (quiet or as_json), console=console())
+        with interruptible(created):
+            summary = run_paths(paths, workers=workers, timeout=timeout, model=model, out=out,
+                                show_progress=not (quiet or as_json), console=console(),
+                                created=created)
     except (ValueError, TimeoutError) as exc:
         raise fail(str(exc)) from exc
+    except DBAPIError as exc:
+        _report_left_behind(created)
+        raise fail(db_problem(exc)) from exc
     if as_json:
         typer.echo(json.dumps(summary.as_json()))
     else:
         summary.print(console())
     if not summary.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def resume(
+    batch: Annotated[int, typer.Argument(help="The interrupted batch.")],
+    quiet: QuietOpt = False,
+) -> None:
+    """Finish ingesting a batch whose `digits run`/`enqueue` was interrupted, from where it
+    stopped (workers then score it as usual)."""
+    from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+    from scheduler.ingestion import IngestionError, resume_batch
+
+    try:
+        with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=console(),
+                      disable=quiet, transient=True) as bar:
+            task = bar.add_task(f"resuming batch {batch}", total=None)
+
+            def progress(rows: int) -> None:
+                bar.update(task, description=f"batch {batch}: {rows:,} rows in")
+
+            done, after = resume_batch(batch, progress)
+    except IngestionError as exc:
+        raise fail(str(exc)) from exc
+    if done.failed:
+        raise fail(f"batch {batch} failed: {done.failed}")
+    typer.echo(f"batch {batch}: resumed after row {after:,}; {done.items:,} items in "
+               f"{done.chunks} chunks ({done.errors} refused), queued for the workers")
+
+
+@app.command()
+def cancel(
+    batch: Annotated[int, typer.Argument(help="The batch to stop.")],
+) -> None:
+    """Stop a batch: its chunks stop, it is marked cancelled, what was scored stays."""
+    from scheduler.ingestion import IngestionError, cancel_batch
+
+    try:
+        done = cancel_batch(batch)
+    except IngestionError as exc:
+        raise fail(str(exc)) from exc
+    typer.echo(f"batch {batch} cancelled (was {done.was}): {done.predicted:,} predictions "
+               f"kept, {done.unscored:,} items not scored")
 
 
 @app.command()
@@ -673,12 +764,15 @@ def status(
     table = Table("batch", "status", "kind", "model", "items", "predicted", "errors", "progress",
                   "seconds", "source")
     for p in progress:
-        done = p.predicted + p.errors + p.duplicates
-        table.add_row(str(p.batch_id), p.status, p.kind, f"v{p.model_version}", str(p.items),
-                      str(p.predicted), str(p.errors),
-                      f"{done / p.items:.0%}" if p.items else "-", f"{p.seconds:.1f}",
-                      Path(p.source).name)
+        table.add_row(str(p.batch_id), p.shown_status, p.kind, f"v{p.model_version}",
+                      str(p.items), str(p.predicted), str(p.errors), p.progress,
+                      f"{p.seconds:.1f}", Path(p.source).name)
     out.print(table)
+    for p in progress:
+        if p.ingest == "interrupted":
+            out.print(f"batch {p.batch_id} was interrupted while ingesting {Path(p.source).name}"
+                      f" ({p.items:,} rows in): `digits resume {p.batch_id}` finishes it, "
+                      f"`digits cancel {p.batch_id}` drops it")
     for e in info["exports"]:
         out.print(f"export: batch {e['batch_id']} → {e['path']} ({e['rows']} rows, "
                   f"{e['trigger']}, {e['created_at']})")

@@ -9,7 +9,9 @@ from typing import Any
 from sqlalchemy import case, func, select
 
 from digits.db import aware, session
+from digits.processes import owner_alive
 from digits.schema import Batch, Chunk, Export, Item, ItemError, Prediction, WorkerHeartbeat, utcnow
+from digits.settings import get_settings
 
 WORKER_STALE_SECONDS = 20
 
@@ -31,13 +33,30 @@ class BatchProgress:
     labelled: int
     error: str | None
     seconds: float | None
+    # for a batch still ``enqueueing``: "ingesting" while its ingester runs, "interrupted"
+    # once it is gone (resume or cancel it); None otherwise
+    ingest: str | None = None
 
     @property
     def finished(self) -> bool:
-        return self.status in ("done", "failed")
+        return self.status in ("done", "failed", "cancelled")
+
+    @property
+    def shown_status(self) -> str:
+        """What status tables show: never a bare "enqueueing" that hides a dead ingester."""
+        return self.ingest or self.status
+
+    @property
+    def progress(self) -> str:
+        """Share of items finished, only once the whole input is ingested: a half-ingested
+        batch whose items are all scored is not 100 % done."""
+        if self.status == "enqueueing":
+            return f"{self.items:,} rows in"
+        done = self.predicted + self.errors + self.duplicates
+        return f"{done / self.items:.0%}" if self.items else "-"
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "progress": self.progress}
 
 
 def batch_progress(batch_ids: list[int] | None = None, active_only: bool = False
@@ -74,8 +93,13 @@ def batch_progress(batch_ids: list[int] | None = None, active_only: bool = False
         ).all():
             accuracy[batch_id] = (int(labelled), int(correct or 0))
     out = []
+    lease = get_settings().lease_seconds
     for b in batches:
         end = aware(b.finished_at) if b.finished_at else utcnow()
+        ingest = None
+        if b.status == "enqueueing":
+            alive = owner_alive(b.ingest_owner, b.ingest_seen_at, lease)
+            ingest = "ingesting" if alive else "interrupted"
         labelled, correct = accuracy.get(b.id, (0, 0))
         out.append(BatchProgress(
             batch_id=b.id, source=b.source, kind=b.kind, status=b.status,
@@ -84,7 +108,7 @@ def batch_progress(batch_ids: list[int] | None = None, active_only: bool = False
             predicted=counts.get((b.id, "predicted"), 0), errors=counts.get((b.id, "error"), 0),
             duplicates=counts.get((b.id, "duplicate"), 0), pending=counts.get((b.id, "pending"), 0),
             chunks=chunk_counts.get(b.id, {}), correct=correct, labelled=labelled, error=b.error,
-            seconds=round((end - aware(b.created_at)).total_seconds(), 3),
+            seconds=round((end - aware(b.created_at)).total_seconds(), 3), ingest=ingest,
         ))
     return out
 

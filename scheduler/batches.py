@@ -12,21 +12,24 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import DBAPIError
 
 from digits.db import session
+from digits.processes import this_process
 from digits.schema import Batch, Chunk, Item, utcnow
 from digits.settings import get_settings
 from model_store.registry import ModelVersion, file_sha256_or_none, resolve_active
 from scheduler.csv_input import NO_LABEL, CsvFileError, read_blocks
 from scheduler.queue import send_chunks
-from scheduler.work import complete_batch_if_finished, record_item_errors
+from scheduler.work import complete_batch_if_finished, record_item_errors, stop_batch
 
 log = logging.getLogger("digits.scheduler")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
@@ -47,10 +50,41 @@ class Enqueued:
     chunk_ids: list[int] = field(default_factory=list)
 
 
+def ingester_name() -> str:
+    """Who is ingesting (host:pid, like a chunk's lease owner): status tells a live ingestion
+    from an interrupted one, and resume refuses to race a live one."""
+    return this_process()
+
+
+class Sender:
+    """Publishes chunk ids during ingestion without ever stopping it. A broker that is down
+    (Redis killed, restarting) is not a reason to abandon a half-ingested file: the chunk is
+    committed with ``sent_at`` NULL, the sweeper sends what was never sent, and this sender
+    stops trying for ``pause`` seconds so a dead broker does not cost a timeout per block."""
+
+    def __init__(self, pause: float = 5.0) -> None:
+        self.pause = pause
+        self.quiet_until = 0.0
+        self.unsent = 0
+
+    def __call__(self, chunk_ids: list[int]) -> None:
+        if time.monotonic() < self.quiet_until:
+            self.unsent += len(chunk_ids)
+            return
+        try:
+            send_chunks(chunk_ids)
+        except Exception as exc:  # kombu OperationalError, redis ConnectionError, OSError …
+            self.unsent += len(chunk_ids)
+            self.quiet_until = time.monotonic() + self.pause
+            log.warning("broker unreachable, ingestion goes on; the sweeper sends unsent "
+                        "chunks: %s: %s", type(exc).__name__, exc)
+
+
 def create_batch(source: str, kind: str, model: ModelVersion, source_sha256: str | None) -> int:
     with session(write=True) as sess:
         batch = Batch(source=source, kind=kind, status="enqueueing", source_sha256=source_sha256,
-                      model_version=model.version, model_sha256=model.sha256)
+                      model_version=model.version, model_sha256=model.sha256,
+                      ingest_owner=ingester_name(), ingest_seen_at=utcnow())
         sess.add(batch)
         sess.flush()
         return batch.id
@@ -71,8 +105,12 @@ def stage(batch_id: int, seq: int, pixels: NDArray[np.uint8]) -> str:
 
 def add_chunk(batch_id: int, seq: int, ref: str, items: list[dict[str, object]],
               errors: list[tuple[dict[str, object], str]]) -> int | None:
-    """One transaction: the chunk (if it has items), its items, and refused items' reasons."""
+    """One transaction: the chunk (if it has items), its items, refused items' reasons, and
+    the ingester's heartbeat. Everything up to a block's last row is ingested, or none of it:
+    what resume relies on."""
     with session(write=True) as sess:
+        sess.execute(update(Batch).where(Batch.id == batch_id)
+                     .values(ingest_seen_at=utcnow(), ingest_owner=ingester_name()))
         chunk_id: int | None = None
         if items:
             chunk = Chunk(batch_id=batch_id, seq=seq, ref=ref, item_count=len(items))
@@ -102,6 +140,7 @@ def finish_enqueue(batch_id: int, items: int, errors: int, chunks: int) -> None:
     with session(write=True) as sess:
         batch = sess.get_one(Batch, batch_id)
         batch.status = "running"
+        batch.ingest_owner = None
         batch.item_count = items
         batch.error_count = errors
         batch.chunk_count = chunks
@@ -110,11 +149,12 @@ def finish_enqueue(batch_id: int, items: int, errors: int, chunks: int) -> None:
 
 
 def fail_batch(batch_id: int, message: str) -> None:
+    """The input cannot be read on (wrong header, truncated gzip half-way): the batch fails
+    and its chunks are cancelled, so nothing stays queued inside a failed batch; rows already
+    scored keep their predictions, the others get the reason."""
     with session(write=True) as sess:
-        batch = sess.get_one(Batch, batch_id)
-        batch.status = "failed"
-        batch.error = message
-        batch.finished_at = utcnow()
+        stop_batch(sess, batch_id, "failed", message,
+                   f"batch failed before this item was scored: {message}")
 
 
 def enqueue_csv(path: Path, model_version: int | None = None, chunk_size: int | None = None,
@@ -125,12 +165,24 @@ def enqueue_csv(path: Path, model_version: int | None = None, chunk_size: int | 
     if not path.is_file():
         raise SourceError(f"{path}: no such file")
     model = resolve_active(model_version)
-    chunk_size = chunk_size or get_settings().chunk_size
     batch_id = create_batch(str(path), "csv", model, file_sha256_or_none(path))
+    return ingest_csv(batch_id, path, chunk_size, progress)
+
+
+def ingest_csv(batch_id: int, path: Path, chunk_size: int | None = None,
+               progress: ProgressFn | None = None, skip_rows: int = 0,
+               first_seq: int = 1) -> Enqueued:
+    """Stream ``path`` into batch ``batch_id`` from data row ``skip_rows + 1`` on (0 for a new
+    batch; resume passes the last row already ingested). Errors that end the file fail the
+    batch; a database error leaves it ``enqueueing`` and resumable (raised: nothing can be
+    recorded while the database is away); anything else fails it with its reason."""
+    chunk_size = chunk_size or get_settings().chunk_size
     name = path.name
+    send = Sender()
     items = errors = chunks = 0
     try:
-        for seq, (_labelled, block) in enumerate(read_blocks(path, chunk_size), start=1):
+        blocks = read_blocks(path, chunk_size, skip_rows=skip_rows)
+        for seq, (_labelled, block) in enumerate(blocks, start=first_seq):
             good: list[dict[str, object]] = [
                 {"position": row, "source_ref": f"{name}:{row}",
                  "sha256": hashlib.sha256(block.pixels[i].tobytes()).hexdigest(),
@@ -142,22 +194,44 @@ def enqueue_csv(path: Path, model_version: int | None = None, chunk_size: int | 
             ref = stage(batch_id, seq, block.pixels) if good else ""
             chunk_id = add_chunk(batch_id, seq, ref, good, bad)
             if chunk_id is not None:
-                send_chunks([chunk_id])
+                send([chunk_id])
                 chunks += 1
             items += len(good) + len(bad)
             errors += len(bad)
             if progress:
-                progress(items)
+                progress(skip_rows + items)
     except CsvFileError as exc:
         fail_batch(batch_id, f"{name}: {exc}")
         return Enqueued(batch_id, items, errors, chunks, failed=f"{name}: {exc}")
-    if items == 0:
+    except (DBAPIError, KeyboardInterrupt):
+        raise  # resumable: the batch stays ``enqueueing`` with every committed block
+    except Exception as exc:
+        message = f"{name}: ingestion failed after row {skip_rows + items}: " \
+                  f"{type(exc).__name__}: {exc}"
+        log.exception("batch %s: %s", batch_id, message)
+        fail_batch(batch_id, message)
+        return Enqueued(batch_id, items, errors, chunks, failed=message)
+    total_items, total_errors, total_chunks = batch_counts(batch_id)
+    if total_items == 0:
         fail_batch(batch_id, f"{name}: no data rows")
         return Enqueued(batch_id, 0, 0, 0, failed=f"{name}: no data rows")
-    finish_enqueue(batch_id, items, errors, chunks)
-    log.info("batch %s: %s items (%s refused) in %s chunks from %s", batch_id, items, errors,
-             chunks, path)
-    return Enqueued(batch_id, items, errors, chunks)
+    finish_enqueue(batch_id, total_items, total_errors, total_chunks)
+    log.info("batch %s: %s items (%s refused) in %s chunks from %s", batch_id, total_items,
+             total_errors, total_chunks, path)
+    return Enqueued(batch_id, total_items, total_errors, total_chunks)
+
+
+def batch_counts(batch_id: int) -> tuple[int, int, int]:
+    """Items, items refused at ingestion, chunks: from the database, so a resumed batch
+    counts what every ingestion run committed."""
+    with session() as sess:
+        items = sess.scalar(select(func.count()).select_from(Item)
+                            .where(Item.batch_id == batch_id)) or 0
+        errors = sess.scalar(select(func.count()).select_from(Item)
+                             .where(Item.batch_id == batch_id, Item.status == "error")) or 0
+        chunks = sess.scalar(select(func.count()).select_from(Chunk)
+                             .where(Chunk.batch_id == batch_id)) or 0
+    return int(items), int(errors), int(chunks)
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -201,19 +275,25 @@ def add_duplicates(batch_id: int, rows: list[dict[str, object]]) -> None:
 def enqueue_files(folder: Path, files: list[Path], source: str | None = None,
                   model_version: int | None = None, chunk_size: int | None = None,
                   final_root: Path | None = None, dedupe: bool = False,
-                  send: bool = True) -> Enqueued:
+                  send: bool = True, resume: tuple[int, int, int] | None = None) -> Enqueued:
     """Make one batch of image files, read in place by the workers.
 
     ``final_root``: where the files will live once the batch is committed (the inbox moves
     them to ``processed/<date>/`` afterwards); items record that path. With ``dedupe`` a file
     whose sha256 was seen before becomes a ``duplicate`` item pointing at the earlier one.
     With ``send=False`` the caller sends the chunks (after moving the files).
+    ``resume`` = (batch id, last position ingested, last chunk seq) continues an interrupted
+    ingestion of the same folder: the sorted file list is the same, so positions match.
     Names that are not images are refused here; content is checked when the worker decodes.
     """
-    model = resolve_active(model_version)
     # Smaller than CSV chunks: decoding dominates, and more chunks balance the workers
     chunk_size = chunk_size or get_settings().image_chunk_size
-    batch_id = create_batch(source or str(folder.resolve()), "images", model, None)
+    if resume is None:
+        model = resolve_active(model_version)
+        batch_id = create_batch(source or str(folder.resolve()), "images", model, None)
+        done_positions, seq0 = 0, 0
+    else:
+        batch_id, done_positions, seq0 = resume
     digests = {file: file_sha256_or_none(file) for file in files}
     earlier = earlier_items([d for d in digests.values() if d]) if dedupe else {}
     seen: set[str] = set()
@@ -223,16 +303,20 @@ def enqueue_files(folder: Path, files: list[Path], source: str | None = None,
     good: list[dict[str, object]] = []
     bad: list[tuple[dict[str, object], str]] = []
 
+    sender = Sender()
+
     def flush() -> None:
-        chunk_id = add_chunk(batch_id, len(chunk_ids) + 1, "files", good, bad)
+        chunk_id = add_chunk(batch_id, seq0 + len(chunk_ids) + 1, "files", good, bad)
         if chunk_id is not None:
             chunk_ids.append(chunk_id)
             if send:
-                send_chunks([chunk_id])
+                sender([chunk_id])
         good.clear()
         bad.clear()
 
     for position, file in enumerate(files, start=1):
+        if position <= done_positions:
+            continue
         relative = file.relative_to(folder)
         where = (final_root or folder) / relative
         row: dict[str, object] = {"position": position, "source_ref": str(relative),
@@ -255,11 +339,12 @@ def enqueue_files(folder: Path, files: list[Path], source: str | None = None,
     if good or bad:
         flush()
     add_duplicates(batch_id, duplicates)
+    items, errors, chunks = batch_counts(batch_id)
     if items == 0:
         fail_batch(batch_id, f"{folder}: no files")
         return Enqueued(batch_id, 0, 0, 0, failed=f"{folder}: no files")
-    finish_enqueue(batch_id, items, errors, len(chunk_ids))
-    return Enqueued(batch_id, items, errors, len(chunk_ids), chunk_ids=chunk_ids)
+    finish_enqueue(batch_id, items, errors, chunks)
+    return Enqueued(batch_id, items, errors, chunks, chunk_ids=chunk_ids)
 
 
 def enqueue_path(path: Path, model_version: int | None = None,

@@ -218,11 +218,14 @@ def read_header(fh: IO[str]) -> str:
         f"(pixel0,…,pixel783) or {PIXELS + 1} (label first)")
 
 
-def read_blocks(path: Path, block_rows: int = 1000) -> Iterator[tuple[bool, Block]]:
+def read_blocks(path: Path, block_rows: int = 1000,
+                skip_rows: int = 0) -> Iterator[tuple[bool, Block]]:
     """Stream a CSV as validated blocks of ``block_rows`` rows: yields (labelled, block).
 
     Raises CsvFileError when the file is not a digits CSV at all (binary, wrong header, empty).
     Trailing blank lines are ignored; a blank line between rows is an error row.
+    ``skip_rows``: data rows 1..skip_rows are counted but not parsed (a resumed ingestion
+    continues after the last row it committed, with the same row numbers).
     """
     try:
         with open_text(path) as fh:
@@ -235,10 +238,12 @@ def read_blocks(path: Path, block_rows: int = 1000) -> Iterator[tuple[bool, Bloc
                 if line is not None and not line.strip():
                     blanks.append(line)
                     continue
-                if blanks:
-                    pending.extend(blanks)
-                    blanks = []
-                pending.append(line)
+                for taken in (*blanks, line):
+                    if not pending and row <= skip_rows:
+                        row += 1  # ingested before: count it, do not parse it
+                        continue
+                    pending.append(taken)
+                blanks = []
                 if len(pending) >= block_rows:
                     yield labelled, parse_block(pending, row, labelled)
                     row += len(pending)

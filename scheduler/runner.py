@@ -121,7 +121,10 @@ def enqueue_progress(bar: Any, task: Any, path: Path) -> Any:
 
 def run_paths(paths: list[Path], workers: int | None = None, timeout: float = 3600.0,
               model: int | None = None, out: Path | None = None, show_progress: bool = True,
-              console: Any = None) -> RunSummary:
+              console: Any = None, created: list[int] | None = None) -> RunSummary:
+    """Enqueue ``paths``, make sure workers run, wait for exactly these batches, export.
+    ``created`` (the caller's list) receives each batch id as soon as it exists, so a caller
+    interrupted half-way can say what it leaves behind."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from worker.local import start_workers, stop_workers
@@ -143,7 +146,7 @@ def run_paths(paths: list[Path], workers: int | None = None, timeout: float = 36
     if not connected_workers():
         proc = start_workers(workers or settings.workers, log_dir / "worker.log")
     problems: list[str] = []
-    batch_ids: list[int] = []
+    batch_ids: list[int] = created if created is not None else []
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), console=console, disable=not show_progress,
                    transient=False)

@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session
 from digits.db import insert_ignore
 from digits.schema import Batch, Chunk, Item, ItemError, utcnow
 
-TERMINAL_CHUNK = ("done", "quarantined")
+TERMINAL_CHUNK = ("done", "quarantined", "cancelled")
 ACTIVE_BATCH = ("enqueueing", "running")
+FINISHED_BATCH = ("done", "failed", "cancelled")
 
 
 def complete_batch_if_finished(sess: Session, batch_id: int, now: datetime | None = None) -> bool:
@@ -63,3 +64,29 @@ def quarantine(sess: Session, chunk: Chunk, reason: str) -> None:
     ).all()
     record_item_errors(sess, [(i, f"chunk quarantined: {reason}") for i in item_ids])
     complete_batch_if_finished(sess, chunk.batch_id)
+
+
+def stop_batch(sess: Session, batch_id: int, status: str, error: str, reason: str) -> int:
+    """End a batch that will not be completed (``failed`` or ``cancelled``): its unfinished
+    chunks are cancelled, so nothing stays queued inside it and a worker holding one writes
+    nothing (write_results skips a terminal chunk); the batch records ``error`` and every item
+    not scored yet gets ``reason``. Predictions already written stay. Returns how many items
+    got the reason."""
+    sess.execute(
+        update(Chunk)
+        .where(Chunk.batch_id == batch_id, Chunk.state.not_in(TERMINAL_CHUNK))
+        .values(state="cancelled", lease_owner=None, lease_expires_at=None, error=error,
+                finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    pending = sess.scalars(
+        select(Item.id).where(Item.batch_id == batch_id, Item.status == "pending")
+    ).all()
+    record_item_errors(sess, [(i, reason) for i in pending])
+    sess.execute(
+        update(Batch)
+        .where(Batch.id == batch_id)
+        .values(status=status, error=error, finished_at=utcnow(), ingest_owner=None)
+        .execution_options(synchronize_session=False)
+    )
+    return len(pending)

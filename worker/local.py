@@ -11,16 +11,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from digits.processes import pid_alive
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists here (a PermissionError means it does)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+__all__ = ["pid_alive", "start_workers", "stop_workers", "watch_parent"]
 
 
 def watch_parent(parent: int, on_gone: Callable[[], None], every: float = 0.5) -> None:

@@ -235,3 +235,22 @@ def test_an_oversized_header_gets_its_real_reason(tmp_path: Path, header: str,
     with pytest.raises(CsvFileError) as caught:
         blocks(path)
     assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("skip", [0, 1, 3, 4, 7, 9])
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_skipping_rows_continues_with_the_same_row_numbers(tmp_path: Path, skip: int,
+                                                           size: int) -> None:
+    """What a resumed ingestion reads: the rows after ``skip``, numbered as in a full read
+    (a blank line between rows and a bad row included)."""
+    lines = [HEADER, ROW, ROW, "", ROW, _row_with("x"), ROW, ROW, ROW, "", ""]
+    path = tmp_path / "x.csv"
+    path.write_text("\n".join(lines) + "\n")
+    rows: list[int] = []
+    errors: list[int] = []
+    for _, block in read_blocks(path, size, skip_rows=skip):
+        rows += block.rows
+        errors += [row for row, _ in block.errors]
+    full_rows, full_errors = blocks(path)
+    assert rows == [r for r in full_rows if r > skip]
+    assert errors == [r for r, _ in full_errors if r > skip]

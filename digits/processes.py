@@ -1,0 +1,44 @@
+"""Process identity and liveness, for leases and ingestion owners (``host:pid``).
+
+Core-level and stdlib-only: the workers (chunk leases), the scheduler (who ingests a batch) and
+the read queries (`digits status` telling a live ingestion from an interrupted one) all ask.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import UTC, datetime, timedelta
+
+HOST = socket.gethostname()
+
+
+def this_process() -> str:
+    """``host:pid`` of the calling process (a forked child gets its own)."""
+    return f"{HOST}:{os.getpid()}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists here (a PermissionError means it does)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def owner_alive(owner: str | None, seen_at: datetime | None, within: float) -> bool:
+    """Whether the ``host:pid`` owner of some work still runs: by its pid on this host; on
+    another host (no way to ask), while it showed a sign of life ``within`` seconds."""
+    if not owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host == HOST and pid.isdigit():
+        return pid_alive(int(pid))
+    if seen_at is None:
+        return False
+    if seen_at.tzinfo is None:  # SQLite hands back naive UTC
+        seen_at = seen_at.replace(tzinfo=UTC)
+    return seen_at > datetime.now(UTC) - timedelta(seconds=within)
