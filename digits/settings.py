@@ -44,7 +44,9 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest accepted image file.")
     model_version: int | None = Field(None, description="Force this model version for new batches.")
     inbox_poll_seconds: float = Field(1.0, gt=0, description="Inbox polling scan interval.")
-    inbox_settle_seconds: float = Field(0.3, ge=0, description="A file this still is complete.")
+    inbox_settle_seconds: float = Field(
+        2.0, ge=0, description="An inbox entry unchanged (size, mtime) this long is complete."
+    )
     export_hour: int = Field(2, ge=0, le=23, description="Nightly export time: hour.")
     export_minute: int = Field(0, ge=0, le=59, description="Nightly export time: minute.")
     export_timezone: str = Field("UTC", description="Time zone of the nightly export time.")

@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 
 from digits.db import session
 from digits.processes import this_process
+from digits.safe_files import is_hidden, refusal, regular_sha256
 from digits.schema import Batch, Chunk, Item, utcnow
 from digits.settings import get_settings
 from model_store.registry import ModelVersion, file_sha256_or_none, resolve_active
@@ -235,9 +236,20 @@ def batch_counts(batch_id: int) -> tuple[int, int, int]:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Files of a folder in a stable order (sorted by relative path), hidden files skipped."""
-    found = [p for p in folder.rglob("*") if p.is_file() and not any(
-        part.startswith(".") for part in p.relative_to(folder).parts)]
+    """Every entry of a folder that is not a folder itself, in a stable order (sorted by
+    relative path), walked without following links: a link (to a file or a folder), a FIFO
+    or a socket is listed, so it gets an item and its reason; hidden names (one leading dot)
+    are skipped, as the inbox documents."""
+    found: list[Path] = []
+    for top, dirs, files in os.walk(folder, followlinks=False):
+        base = Path(top)
+        dirs[:] = [d for d in dirs if not is_hidden(d)]
+        for name in files:
+            if not is_hidden(name):
+                found.append(base / name)
+        for name in dirs:  # a link to a folder is listed in dirs but never entered
+            if (base / name).is_symlink():
+                found.append(base / name)
     return sorted(found, key=lambda p: str(p.relative_to(folder)))
 
 
@@ -294,7 +306,8 @@ def enqueue_files(folder: Path, files: list[Path], source: str | None = None,
         done_positions, seq0 = 0, 0
     else:
         batch_id, done_positions, seq0 = resume
-    digests = {file: file_sha256_or_none(file) for file in files}
+    refused = {file: refusal(file) for file in files}
+    digests = {file: None if refused[file] else regular_sha256(file) for file in files}
     earlier = earlier_items([d for d in digests.values() if d]) if dedupe else {}
     seen: set[str] = set()
     duplicates: list[dict[str, object]] = []
@@ -320,10 +333,14 @@ def enqueue_files(folder: Path, files: list[Path], source: str | None = None,
         relative = file.relative_to(folder)
         where = (final_root or folder) / relative
         row: dict[str, object] = {"position": position, "source_ref": str(relative),
-                                  "path": str(where.resolve())}
+                                  # never resolve the entry itself: that follows a link
+                                  "path": str(where.parent.resolve() / where.name)}
         digest = digests[file]
         items += 1
-        if file.suffix.lower() not in IMAGE_SUFFIXES:
+        if refused[file]:
+            bad.append((row, str(refused[file])))
+            errors += 1
+        elif file.suffix.lower() not in IMAGE_SUFFIXES:
             bad.append((row, f"not an accepted image type: {file.suffix or 'no extension'}"))
             errors += 1
         elif digest is None:

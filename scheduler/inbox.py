@@ -8,9 +8,18 @@ Layout inside ``DIGITS_INBOX`` (all on one filesystem, so every move is an atomi
     <inbox>/failed/<date>/    files that could not be scored, each with <name>.reason.txt
 
 A polling scan is the source of truth (network shares and Docker volumes lose inotify
-events); filesystem events only wake the scan early. A file is claimed once its mtime is
-``settle`` seconds old, so a file written under a temporary name and renamed is taken at once
-while a file still being written is left alone.
+events); filesystem events only wake the scan early. An entry is claimed once it is proven
+complete: its size and mtime (for a folder, every file's) unchanged for ``settle`` seconds
+(DIGITS_INBOX_SETTLE_SECONDS, 2 s by default: phone uploads, scp, SMB and NFS write in parts
+with pauses), or, as a fast path where inotify works, closed after writing (close-write) and
+unchanged since. A file written under a temporary name and renamed is taken at once.
+
+Nothing in the inbox is ever followed or read through a link: entries are listed with lstat,
+folders walked without following links, and each entry is moved by rename, which moves a link
+itself, never its target. A link, a FIFO, a socket or a device becomes an item with a recorded
+reason, like a file that is not an image. Ignored (never claimed, left where they are): names
+starting with one dot (``.x``; a name starting with ``..`` such as ``..%2fetc%2fpasswd.png`` is
+an ordinary name) and names ending in a temporary suffix (TEMP_SUFFIXES, any case).
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ import contextlib
 import logging
 import os
 import shutil
+import stat
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,6 +39,7 @@ from pathlib import Path
 from sqlalchemy import delete, select, update
 
 from digits.db import session
+from digits.safe_files import is_hidden
 from digits.schema import Batch, Chunk, Item, ItemError
 from scheduler.batches import enqueue_files, image_files
 from scheduler.queue import send_chunks
@@ -47,19 +59,33 @@ class Ingested:
 
 def is_candidate(path: Path) -> bool:
     name = path.name
-    return not name.startswith(".") and not name.lower().endswith(TEMP_SUFFIXES)
+    return not is_hidden(name) and not name.lower().endswith(TEMP_SUFFIXES)
 
 
-def newest_mtime(path: Path) -> float:
-    if path.is_file():
-        return path.stat().st_mtime
-    times = [path.stat().st_mtime]
-    times += [p.stat().st_mtime for p in path.rglob("*")]
-    return max(times)
+Signature = tuple[int, int, int]  # entries, total size, newest mtime (ns), all by lstat
+
+
+def signature(path: Path) -> Signature:
+    """What must stay unchanged for an entry to count as complete, read without following
+    any link: a link's own lstat, a folder's every entry (os.walk(followlinks=False))."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        return 1, st.st_size, st.st_mtime_ns
+    count, size, newest = 1, 0, st.st_mtime_ns
+    for top, dirs, files in os.walk(path, followlinks=False):
+        for name in dirs + files:
+            try:
+                entry = os.lstat(os.path.join(top, name))
+            except FileNotFoundError:
+                continue
+            count += 1
+            size += entry.st_size
+            newest = max(newest, entry.st_mtime_ns)
+    return count, size, newest
 
 
 class Inbox:
-    def __init__(self, root: Path, settle: float = 0.3, max_wait: float = 1.0) -> None:
+    def __init__(self, root: Path, settle: float = 2.0, max_wait: float = 10.0) -> None:
         self.root = root.resolve()
         self.settle = settle
         self.max_wait = max_wait
@@ -69,29 +95,59 @@ class Inbox:
         # production model missing): retried by the next scan instead of waiting in
         # ``processing/`` until a restart's reconcile.
         self.unfinished: list[Path] = []
+        # entry name -> (signature, monotonic time it was first seen with it)
+        self.seen: dict[str, tuple[Signature, float]] = {}
+        # entry name -> signature when a writer closed it (inotify close-write, a thread)
+        self.closed: dict[str, Signature] = {}
+        self._lock = threading.Lock()
+
+    def note_closed(self, path: Path) -> None:
+        """A writer closed a top-level file: if nothing changes it before the next scan, it
+        is complete (the fast path; the settle time covers writers that pause)."""
+        if path.parent != self.root or not is_candidate(path):
+            return
+        with contextlib.suppress(OSError), self._lock:
+            self.closed[path.name] = signature(path)
 
     # ------------------------------------------------------------ scanning and claiming
     def ready(self, now: float | None = None) -> tuple[list[Path], list[Path]]:
-        """Loose files and sub-folders whose content has been still for ``settle`` seconds."""
-        now = now or time.time()
+        """Loose entries and sub-folders proven complete: unchanged (size and mtime, by
+        lstat) for ``settle`` seconds, both by their mtime and across this scheduler's own
+        scans, or closed after writing and unchanged since."""
+        wall = now or time.time()
+        mono = time.monotonic()
         files: list[tuple[Path, float]] = []
         folders: list[Path] = []
         busy = False  # a loose file still arriving: the burst is not over yet
-        for entry in sorted(self.root.iterdir()):
-            if entry.name in RESERVED or not is_candidate(entry):
+        seen: dict[str, tuple[Signature, float]] = {}
+        with os.scandir(self.root) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+        for entry in entries:
+            if entry.name in RESERVED or not is_candidate(Path(entry.name)):
                 continue
+            path = self.root / entry.name
             try:
-                age = now - newest_mtime(entry)
+                sig = signature(path)
             except FileNotFoundError:
                 continue  # vanished mid-scan (renamed by its writer or another scheduler)
-            if entry.is_dir():
-                if age >= self.settle:
-                    folders.append(entry)
-            elif entry.is_file():
-                if age >= self.settle:
-                    files.append((entry, age))
-                else:
-                    busy = True
+            earlier = self.seen.get(entry.name)
+            since = earlier[1] if earlier and earlier[0] == sig else mono
+            seen[entry.name] = (sig, since)
+            with self._lock:
+                closed = self.closed.get(entry.name) == sig
+            age = wall - sig[2] / 1e9
+            settled = closed or (age >= self.settle and mono - since >= self.settle)
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if is_dir:
+                if settled:
+                    folders.append(path)
+            elif settled:
+                files.append((path, age))
+            else:
+                busy = True
+        self.seen = seen
+        with self._lock:
+            self.closed = {k: v for k, v in self.closed.items() if k in seen}
         # A burst of loose files is one batch: wait for a quiet moment, but never starve a
         # file behind an endless trickle.
         if busy and not any(age > self.max_wait for _, age in files):
@@ -105,11 +161,12 @@ class Inbox:
         if files:
             drop = self.root / "processing" / f"{stamp}-{uuid.uuid4().hex[:6]}"
             drop.mkdir()
-            for file in files:
+            for file in files:  # a rename moves a link or a FIFO itself, never its target
                 try:
                     os.rename(file, drop / file.name)
                 except FileNotFoundError:
                     continue
+                self.seen.pop(file.name, None)
             if any(drop.iterdir()):
                 drops.append(drop)
             else:
@@ -202,6 +259,10 @@ class Inbox:
             ).all()
         for item_id, path, reason in rows:
             source = Path(path or "")
+            if not source.parent.resolve().is_relative_to(self.root / "processed"):
+                log.warning("event=failed_file_refused item_id=%s path=%r: not inside the "
+                            "inbox; left where it is", item_id, path)
+                continue
             folder = self.root / "failed" / datetime.now(UTC).strftime("%Y%m%d")
             folder.mkdir(parents=True, exist_ok=True)
             target = folder / f"{item_id}-{source.name}"

@@ -50,14 +50,22 @@ def start_beat() -> Any:
     return service
 
 
-def watch(root: Path, wake: threading.Event) -> Any:
-    """Filesystem events (watchdog) only shorten the wait; the poll is the source of truth."""
+def watch(root: Path, wake: threading.Event, inbox: Inbox | None = None) -> Any:
+    """Filesystem events (watchdog) only shorten the wait; the poll is the source of truth.
+    A close-write (inotify IN_CLOSE_WRITE), or a rename into the inbox, tells it a writer
+    finished a file: the fast path that lets it claim the file without waiting out the
+    settle time."""
     try:
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
         from watchdog.observers import Observer
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
+                if inbox is not None and not event.is_directory:
+                    if event.event_type == "closed":  # written and closed
+                        inbox.note_closed(Path(str(event.src_path)))
+                    elif event.event_type == "moved":  # renamed into place: complete
+                        inbox.note_closed(Path(str(event.dest_path)))
                 wake.set()
 
         observer = Observer()
@@ -81,7 +89,7 @@ def run_scheduler(stop: threading.Event, beat: bool = True) -> None:
     for done in inbox.reconcile():
         log.info("recovered drop %s as batch %s", done.drop, done.batch_id)
     wake = threading.Event()
-    observer = watch(inbox.root, wake)
+    observer = watch(inbox.root, wake, inbox)
     service = start_beat() if beat else None
     metrics.serve("scheduler")  # only when DIGITS_METRICS_PORT is set
     next_sweep = 0.0
@@ -103,11 +111,11 @@ def run_scheduler(stop: threading.Event, beat: bool = True) -> None:
             except Exception as exc:  # the database or broker may be down: log, wait, go on
                 failing = _log_failure(exc, failing)
                 stop.wait(2.0)
-            # a file needs `settle` seconds of stillness: wake again just after that
+            # an event wakes the loop early; the scan itself decides what is complete
             wake.wait(settings.inbox_poll_seconds)
             if wake.is_set():
                 wake.clear()
-                stop.wait(settings.inbox_settle_seconds)
+                stop.wait(0.1)  # let a burst of events land in one scan
     finally:
         sweeper_gone()
         if observer is not None:

@@ -223,7 +223,8 @@ def test_hostile_paths_and_references_are_refused_with_a_reason(
     assert sum("Object arrays cannot be loaded when allow_pickle=False" in e for e in errors) == 1
     assert sum("sha256 mismatch" in e for e in errors) == 1, errors
     assert reasons == {"scan00.png": "file path outside the batch's folders",
-                       "link.png": "file path outside the batch's folders"}, reasons
+                       "link.png": "symbolic link: refused, links are never followed (points "
+                                   "to /etc/hostname)"}, reasons
     figures = outcome(batch_ids)
     assert figures["lost"] == 0 and figures["duplicates"] == 0
     assert figures["predicted"] == 20 + 3  # the sound CSV chunk and the 3 sound scans

@@ -17,14 +17,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import select, update
 
 from digits.db import aware, insert_ignore, session
+from digits.safe_files import read_regular, refusal
 from digits.schema import Batch, Chunk, Item, Prediction, utcnow
-from digits.settings import get_settings
+from digits.settings import Settings, get_settings
 from scheduler.work import (
     TERMINAL_CHUNK,
     complete_batch_if_finished,
@@ -190,25 +192,52 @@ def read_images(found: Claim, rows: list[tuple[int, str | None]]) -> Inputs:
     tensors: list[NDArray[np.float32]] = []
     errors: list[tuple[int, str]] = []
     for item_id, raw in rows:
-        path = Path(os.path.realpath(raw or "."))
-        if not raw or not any(path.is_relative_to(root) for root in roots):
+        path = Path(raw or ".")
+        # the folder must be inside the batch's folders; the entry itself is never resolved
+        # (that would follow a link): it is opened with O_NOFOLLOW instead
+        folder = Path(os.path.realpath(path.parent))
+        if not raw or not any(folder.is_relative_to(root) for root in roots):
             errors.append((item_id, "file path outside the batch's folders"))
             continue
-        try:
-            size = path.stat().st_size
-            if size > settings.max_file_bytes:
-                errors.append((item_id, f"file too large: {size} bytes"))
-                continue
-            data = path.read_bytes()
-        except OSError as exc:
-            errors.append((item_id, f"cannot read file: {exc.strerror or exc}"))
+        why = refusal(path)
+        if why:
+            errors.append((item_id, why))
             continue
-        try:
-            tensors.append(image_to_tensor(data, settings.max_image_pixels))
+        outcome = decode_settled(path, image_to_tensor, Rejected, settings)
+        if isinstance(outcome, str):
+            errors.append((item_id, outcome))
+        else:
+            tensors.append(outcome)
             ids.append(item_id)
-        except Rejected as exc:
-            errors.append((item_id, str(exc)))
     return Inputs(ids, stack(tensors), errors)
+
+
+def decode_settled(path: Path, decode: Any, rejected: type[Exception],
+                   settings: Settings) -> NDArray[np.float32] | str:
+    """Read and decode one file; a file that decodes as truncated while it was written only
+    moments ago is re-read after a pause, as long as it keeps changing (a writer the inbox's
+    settle time did not catch), before it is called broken. Bounded: at most 3 reads within
+    about two settle times."""
+    pause = max(settings.inbox_settle_seconds / 2, 0.2)
+    for attempt in range(3):
+        try:
+            before = os.lstat(path)
+            data = read_regular(path, settings.max_file_bytes)
+        except OSError as exc:
+            return f"cannot read file: {exc.strerror or exc}" if exc.strerror else str(exc)
+        try:
+            return cast("NDArray[np.float32]", decode(data, settings.max_image_pixels))
+        except rejected as exc:
+            reason = str(exc)
+            fresh = time.time() - before.st_mtime < 2 * settings.inbox_settle_seconds
+            if attempt == 2 or not fresh or not reason.startswith(("truncated", "empty")):
+                return reason
+            time.sleep(pause)
+            after = os.lstat(path)
+            if (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns):
+                return reason  # still and still broken: broken
+            log.info("event=file_still_arriving path=%r attempt=%s", str(path), attempt + 1)
+    return "unreachable"
 
 
 def write_results(

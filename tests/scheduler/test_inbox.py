@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from digits.db import aware, session
-from digits.schema import Batch, Item, Prediction
+from digits.schema import Batch, Item, ItemError, Prediction
 from scheduler.batches import enqueue_files, image_files
 from scheduler.inbox import Inbox
 from scheduler.runner import wait_for
@@ -46,16 +46,25 @@ def inbox(home: Path) -> Inbox:
 
 
 @pytest.mark.parametrize(
-    ("name", "age", "claimed"),
-    [("a.png", 5.0, True), ("a.png", 0.0, False), (".hidden.png", 5.0, False),
-     ("a.png.part", 5.0, False), ("a.png.tmp", 5.0, False)],
+    ("name", "touched", "claimed"),
+    [("a.png", False, True), ("a.png", True, False), (".hidden.png", False, False),
+     ("..%2f..%2fetc%2fpasswd.png", False, True), ("..png", False, True),
+     ("a.png.part", False, False), ("A.PNG.TMP", False, False), ("x.crdownload", False, False)],
 )
-def test_only_settled_visible_files_are_claimed(inbox: Inbox, name: str, age: float,
-                                                claimed: bool) -> None:
+def test_an_entry_is_claimed_once_unchanged_for_the_settle_time(
+    inbox: Inbox, name: str, touched: bool, claimed: bool
+) -> None:
+    """Never at first sight; after ``settle`` seconds only if its size and mtime did not
+    change. Hidden (one leading dot) and temporary names are the only ones ignored: a name
+    starting with ".." is an ordinary name."""
     path = inbox.root / name
     path.write_bytes(b"x")
-    stamp = time.time() - age
-    os.utime(path, (stamp, stamp))
+    files, _ = inbox.ready()
+    assert path not in files
+    time.sleep(inbox.settle)
+    if touched:
+        with path.open("ab") as fh:
+            fh.write(b"more")
     files, folders = inbox.ready()
     assert (path in files) is claimed and folders == []
 
@@ -66,6 +75,8 @@ def test_reserved_folders_are_never_claimed_and_subfolders_are_drops(inbox: Inbo
     old = time.time() - 5
     for p in [inbox.root / "class-7b", inbox.root / "class-7b" / "x.png"]:
         os.utime(p, (old, old))
+    inbox.ready()
+    time.sleep(inbox.settle)
     files, folders = inbox.ready()
     assert files == [] and [f.name for f in folders] == ["class-7b"]
     [claimed] = inbox.claim(files, folders)
@@ -189,3 +200,142 @@ def test_watch_mode_latency(scheduler_thread: threading.Event, worker_factory: t
     p95 = float(np.percentile(latencies, 95))
     print(f"inbox latency over 20 drops: p50 {np.median(latencies):.2f} s, p95 {p95:.2f} s")
     assert p95 <= 2.0
+
+
+def outside_folder(root: Path, sample_rows: list[str]) -> dict[str, bytes]:
+    """A folder that is not the inbox's, with a secret, a nested CSV and a real scan."""
+    (root / "sub").mkdir(parents=True)
+    (root / "secret.txt").write_text("not yours\n")
+    (root / "sub" / "notes.csv").write_text("a,b\n1,2\n")
+    (root / "a.png").write_bytes(scans(sample_rows, 1, seed=5)[0][0])
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_links_fifos_and_dotdot_names_each_get_an_item_and_nothing_outside_is_touched(
+    backend: str, inbox: Inbox, worker_factory: type, sample_rows: list[str], tmp_path: Path,
+) -> None:
+    """Before: a linked folder was followed (its files listed and its non-images moved into
+    failed/), a FIFO and a "..name" were skipped with no item. Now every entry is an item:
+    links and special files refused with a reason and moved, if at all, as themselves."""
+    outside = tmp_path / "outside"
+    before = outside_folder(outside, sample_rows)
+    root = inbox.root
+    os.symlink(outside, root / "linkdir")
+    os.symlink(outside / "a.png", root / "linkfile.png")
+    os.symlink("..", root / "up.png")
+    os.symlink("/etc/passwd", root / "abs.png")
+    os.mkfifo(root / "fifo.png")
+    good = scans(sample_rows, 2, seed=3)
+    (root / "..%2f..%2fetc%2fpasswd.png").write_bytes(good[0][0])
+    (root / "good.png").write_bytes(good[1][0])
+    (root / "folder").mkdir()
+    os.symlink(outside, root / "folder" / "inner-link")
+    (root / "folder" / "x.png").write_bytes(good[0][0])
+    inbox.settle = 0.0
+    worker = worker_factory()
+    ingested = inbox.scan()
+    worker.wait_ready()
+    states = wait_for([i.batch_id for i in ingested], timeout=90)
+    assert all(s.status == "done" for s in states)
+    with session() as sess:
+        rows = dict(sess.execute(
+            select(Item.source_ref, ItemError.reason)
+            .outerjoin(ItemError, ItemError.item_id == Item.id)).all())
+    link = "symbolic link: refused, links are never followed (points to "
+    assert rows == {
+        "linkdir": f"{link}{outside})", "linkfile.png": f"{link}{outside / 'a.png'})",
+        "up.png": f"{link}..)", "abs.png": f"{link}/etc/passwd)",
+        "fifo.png": "not a regular file (FIFO)",
+        "..%2f..%2fetc%2fpasswd.png": None, "good.png": None,
+        "inner-link": f"{link}{outside})", "x.png": None,
+    }
+    moved = inbox.file_failures()
+    assert moved == 6
+    links = [Path(top) / name for top, dirs, files in os.walk(root / "failed")
+             for name in dirs + files if (Path(top) / name).is_symlink()]
+    assert len(links) == 5  # the links themselves were moved, never their targets
+    assert snapshot(outside) == before  # nothing outside listed, moved or changed
+    assert (root / "failed").resolve() not in [p.resolve() for p in outside.rglob("*")]
+
+
+def test_a_link_swapped_in_after_the_scan_or_after_the_claim_is_never_followed(
+    backend: str, inbox: Inbox, worker_factory: type, sample_rows: list[str], tmp_path: Path,
+) -> None:
+    """Between the scan and the claim, and again between ingestion and the worker's read, a
+    regular scan is replaced by a link to a file outside: the claim moves the link itself,
+    the worker refuses it; the outside file is neither read nor moved."""
+    outside = tmp_path / "outside"
+    before = outside_folder(outside, sample_rows)
+    data = scans(sample_rows, 2, seed=4)
+    (inbox.root / "swap.png").write_bytes(data[0][0])
+    (inbox.root / "late.png").write_bytes(data[1][0])
+    inbox.settle = 0.0
+    files, folders = inbox.ready()
+    assert {f.name for f in files} == {"swap.png", "late.png"}
+    (inbox.root / "swap.png").unlink()
+    os.symlink(outside / "a.png", inbox.root / "swap.png")
+    [drop_dir] = inbox.claim(files, folders)
+    assert (drop_dir / "swap.png").is_symlink()
+    done = enqueue_files(drop_dir, image_files(drop_dir), source="inbox:" + drop_dir.name,
+                         send=False)
+    late = drop_dir / "late.png"
+    late.unlink()
+    os.symlink(outside / "a.png", late)
+    from scheduler.queue import send_chunks
+
+    send_chunks(done.chunk_ids)
+    worker = worker_factory()
+    worker.wait_ready()
+    [state] = wait_for([done.batch_id], timeout=90)
+    with session() as sess:
+        reasons = dict(sess.execute(
+            select(Item.source_ref, ItemError.reason)
+            .join(ItemError, ItemError.item_id == Item.id)
+            .where(Item.batch_id == done.batch_id)).all())
+    assert state.predicted == 0
+    assert set(reasons) == {"swap.png", "late.png"}
+    assert all(r.startswith("symbolic link: refused") for r in reasons.values()), reasons
+    assert snapshot(outside) == before
+
+
+def slow_writer(path: Path, data: bytes, parts: int = 4, pause: float = 1.0) -> None:
+    """Write ``data`` in ``parts`` through one open handle, ``pause`` seconds apart, as a
+    phone upload, scp or an SMB copy does."""
+    size = -(-len(data) // parts)
+    with path.open("wb") as fh:
+        for i in range(parts):
+            fh.write(data[i * size:(i + 1) * size])
+            fh.flush()
+            if i < parts - 1:
+                time.sleep(pause)
+
+
+def test_a_file_written_slowly_is_claimed_only_once_complete(
+    scheduler_thread: threading.Event, worker_factory: type, sample_rows: list[str],
+) -> None:
+    """A JPEG written in four parts one second apart, into the watched inbox. Before: claimed
+    after the first part and filed as "truncated or corrupt image" while the writer went on
+    writing into the moved file. Now: one item, predicted, nothing in failed/."""
+    from digits.settings import get_settings
+
+    worker = worker_factory()
+    worker.wait_ready()
+    values = np.array(sample_rows[1].split(","), dtype=np.int64)
+    data, _ = render_scan(values[1:].astype(np.uint8), np.random.default_rng(7), fmt="JPEG")
+    inbox_dir = get_settings().inbox_dir
+    started = time.monotonic()
+    slow_writer(inbox_dir / "slow.jpg", data)
+    written = time.monotonic() - started
+    [batch_id] = wait_batches(1, timeout=60)
+    with session() as sess:
+        rows = sess.execute(select(Item.status, ItemError.reason)
+                            .outerjoin(ItemError, ItemError.item_id == Item.id)
+                            .where(Item.batch_id == batch_id)).all()
+    assert rows == [("predicted", None)], rows
+    assert not [p for p in (inbox_dir / "failed").rglob("*") if p.is_file()]
+    print(f"slow writer: 4 parts over {written:.1f} s, claimed complete, scored "
+          f"{time.monotonic() - started:.1f} s after the first byte")

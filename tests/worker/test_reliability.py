@@ -45,11 +45,13 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 CRASH_MARK = b"DIGITS-TEST-CRASH"
+HANG_MARK = b"DIGITS-TEST-HANG!"
 #: Test-only fault injection, loaded by the worker processes of one test through PYTHONPATH
 #: (no setting, no code path in the product): decoding a file that starts with CRASH_MARK
-#: kills the process with SIGKILL, as a segfault in a native image decoder would.
+#: kills the process with SIGKILL, as a segfault in a native image decoder would; one that
+#: starts with HANG_MARK never returns, as a decoder stuck in a loop would.
 CRASH_HOOK = f"""
-import os, signal
+import os, signal, time
 import worker.images as _images
 
 _decode = _images.image_to_tensor
@@ -57,6 +59,8 @@ _decode = _images.image_to_tensor
 def image_to_tensor(data, *args, **kwargs):
     if bytes(data[:{len(CRASH_MARK)}]) == {CRASH_MARK!r}:
         os.kill(os.getpid(), signal.SIGKILL)
+    while bytes(data[:{len(HANG_MARK)}]) == {HANG_MARK!r}:
+        time.sleep(1)
     return _decode(data, *args, **kwargs)
 
 _images.image_to_tensor = image_to_tensor
@@ -84,8 +88,9 @@ def test_poison_chunks_that_hang_or_kill_their_worker_are_quarantined(
 ) -> None:
     """True poison, every attempt, in one batch of four 3-item chunks:
 
-    * chunk 2 hangs: one item's path is a FIFO nobody writes to, so reading it blocks until
-      the task time limit interrupts the child;
+    * chunk 2 hangs: one item's decoder never returns (a test-only hook, as a native decoder
+      stuck in a loop would), until the task time limit interrupts the child (a FIFO was used
+      before; the workers now refuse anything but a regular file without opening it);
     * chunk 4 kills: one item crashes its decoder (SIGKILL of the child, simulated with a
       test-only hook), so the prefork child dies and the message comes back.
 
@@ -107,9 +112,7 @@ def test_poison_chunks_that_hang_or_kill_their_worker_are_quarantined(
     (folder / "scan10.png").write_bytes(CRASH_MARK + b" (stands for a decoder crash)")
     done = enqueue_files(folder.resolve(), image_files(folder.resolve()), chunk_size=3,
                          send=False)
-    hang = folder / "scan04.png"  # the middle item of chunk 2
-    hang.unlink()
-    os.mkfifo(hang)
+    (folder / "scan04.png").write_bytes(HANG_MARK + b" (a decoder that never returns)")
     started = time.monotonic()
     send_chunks(done.chunk_ids)
     [state] = wait_for([done.batch_id], timeout=150)
