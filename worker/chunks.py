@@ -214,10 +214,10 @@ def read_images(found: Claim, rows: list[tuple[int, str | None]]) -> Inputs:
 
 def decode_settled(path: Path, decode: Any, rejected: type[Exception],
                    settings: Settings) -> NDArray[np.float32] | str:
-    """Read and decode one file; a file that decodes as truncated while it was written only
-    moments ago is re-read after a pause, as long as it keeps changing (a writer the inbox's
-    settle time did not catch), before it is called broken. Bounded: at most 3 reads within
-    about two settle times."""
+    """Read and decode one file; a file that decodes as truncated (or empty) while it was
+    written only moments ago (a writer the inbox's settle time did not catch) is read again
+    after a pause before it is called broken. Bounded: at most 3 reads, half a settle time
+    apart; a file that is broken and old is refused at once."""
     pause = max(settings.inbox_settle_seconds / 2, 0.2)
     for attempt in range(3):
         try:
@@ -229,14 +229,12 @@ def decode_settled(path: Path, decode: Any, rejected: type[Exception],
             return cast("NDArray[np.float32]", decode(data, settings.max_image_pixels))
         except rejected as exc:
             reason = str(exc)
-            fresh = time.time() - before.st_mtime < 2 * settings.inbox_settle_seconds
+            fresh = time.time() - before.st_mtime < 3 * settings.inbox_settle_seconds
             if attempt == 2 or not fresh or not reason.startswith(("truncated", "empty")):
                 return reason
+            log.warning("event=file_still_arriving path=%r attempt=%s: %s", str(path),
+                        attempt + 1, reason)
             time.sleep(pause)
-            after = os.lstat(path)
-            if (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns):
-                return reason  # still and still broken: broken
-            log.info("event=file_still_arriving path=%r attempt=%s", str(path), attempt + 1)
     return "unreachable"
 
 

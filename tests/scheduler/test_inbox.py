@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from digits.db import aware, session
-from digits.schema import Batch, Item, ItemError, Prediction
+from digits.schema import Batch, Chunk, Item, ItemError, Prediction
 from scheduler.batches import enqueue_files, image_files
 from scheduler.inbox import Inbox
 from scheduler.runner import wait_for
@@ -339,3 +339,49 @@ def test_a_file_written_slowly_is_claimed_only_once_complete(
     assert not [p for p in (inbox_dir / "failed").rglob("*") if p.is_file()]
     print(f"slow writer: 4 parts over {written:.1f} s, claimed complete, scored "
           f"{time.monotonic() - started:.1f} s after the first byte")
+
+
+def test_a_file_claimed_half_written_is_read_again_not_called_broken(
+    backend: str, worker_factory: type, sample_rows: list[str], tmp_path: Path,
+) -> None:
+    """The settle time can be beaten (a writer that pauses longer, a close-write between
+    parts): the worker gets half a JPEG. Because the file is fresh and still changing, it is
+    read again after a pause instead of being filed as truncated; a file that is broken and
+    still is refused at once (the other item)."""
+    worker = worker_factory()
+    worker.wait_ready()
+    values = np.array(sample_rows[1].split(","), dtype=np.int64)
+    data, _ = render_scan(values[1:].astype(np.uint8), np.random.default_rng(8), fmt="JPEG")
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    broken = folder / "broken.jpg"
+    broken.write_bytes(data[: len(data) // 2])
+    old = time.time() - 60
+    os.utime(broken, (old, old))
+    half = len(data) // 2
+    growing = (folder / "growing.jpg").open("wb")
+    growing.write(data[:half])
+    growing.flush()
+    done = enqueue_files(folder, image_files(folder), send=False)
+
+    from scheduler.queue import send_chunks
+
+    send_chunks(done.chunk_ids)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the worker reads the files once it holds the chunk
+        with session() as sess:
+            if sess.scalar(select(Chunk.state).where(Chunk.id == done.chunk_ids[0])) != "queued":
+                break
+        time.sleep(0.02)
+    time.sleep(0.3)
+    growing.write(data[half:])
+    growing.close()
+    [state] = wait_for([done.batch_id], timeout=60)
+    assert state.status == "done"
+    with session() as sess:
+        rows = dict(sess.execute(select(Item.source_ref, ItemError.reason)
+                                 .outerjoin(ItemError, ItemError.item_id == Item.id)
+                                 .where(Item.batch_id == done.batch_id)).all())
+    assert rows["growing.jpg"] is None, rows
+    assert str(rows["broken.jpg"]).startswith("truncated or corrupt image"), rows
+    assert "event=file_still_arriving" in worker.tail()
