@@ -389,13 +389,11 @@ def _member_init(events: Any, parent: int) -> None:
     both cores busy for up to an hour training models nobody will register."""
     global _events
     from model_store.loading import configure_threads
+    from worker.local import watch_parent  # the same watcher `digits worker` uses
 
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+    # os._exit, not a clean exit: the member holds no state worth saving, and a hung
+    # TensorFlow call must not delay it
+    watch_parent(parent, lambda: os._exit(1))
     configure_threads(1)
     _events = events
 

@@ -330,7 +330,11 @@ def test_a_file_written_slowly_is_claimed_only_once_complete(
     started = time.monotonic()
     slow_writer(inbox_dir / "slow.jpg", data)
     written = time.monotonic() - started
+    complete_at = time.time()
     [batch_id] = wait_batches(1, timeout=60)
+    with session() as sess:
+        created = aware(sess.scalar(select(Batch.created_at).where(Batch.id == batch_id)))
+    assert created.timestamp() >= complete_at - 0.05, "claimed before the writer finished"
     with session() as sess:
         rows = sess.execute(select(Item.status, ItemError.reason)
                             .outerjoin(ItemError, ItemError.item_id == Item.id)
