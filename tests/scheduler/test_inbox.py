@@ -370,6 +370,13 @@ def test_a_file_claimed_half_written_is_read_again_not_called_broken(
 
     from scheduler.queue import send_chunks
 
+    claimed = threading.Event()
+
+    def still_writing() -> None:  # a writer that is alive: the file's mtime keeps moving
+        while not claimed.wait(0.2):
+            os.utime(folder / "growing.jpg")
+
+    threading.Thread(target=still_writing, daemon=True).start()
     send_chunks(done.chunk_ids)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # the worker reads the files once it holds the chunk
@@ -377,6 +384,7 @@ def test_a_file_claimed_half_written_is_read_again_not_called_broken(
             if sess.scalar(select(Chunk.state).where(Chunk.id == done.chunk_ids[0])) != "queued":
                 break
         time.sleep(0.02)
+    claimed.set()
     time.sleep(0.3)
     growing.write(data[half:])
     growing.close()

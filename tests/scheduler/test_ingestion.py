@@ -33,7 +33,7 @@ from tests.faultkit import (
     wait_until,
 )
 
-ROWS = 40_000  # 200 chunks of 200 rows: ingestion takes long enough to be interrupted
+ROWS = 16_000  # 80 chunks of 200 rows: ingestion takes long enough to be interrupted
 
 
 @pytest.fixture(params=["embedded", "services"])
@@ -95,7 +95,7 @@ def test_sigkill_mid_ingest_is_interrupted_not_done_and_resume_finishes_it(
     (skipping what was committed) and workers score every row exactly once."""
     source = big_csv(tmp_path / "in", sample_rows)
     proc = cli("enqueue", str(source))
-    wait_until(lambda: chunks_of(the_batch()) >= 20, 120, what="20 chunks ingested")
+    wait_until(lambda: chunks_of(the_batch()) >= 10, 120, what="10 chunks ingested")
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     batch_id = the_batch()
@@ -135,7 +135,7 @@ def test_sigint_of_digits_run_says_what_it_leaves_and_cancel_stops_it(
     """Ctrl-C (SIGINT) of `digits run` while it ingests: exit 130, no traceback, one line per
     batch left with the commands that finish or drop it; `digits cancel` then stops the batch:
     no chunk left queued or running, every item predicted or with its reason."""
-    source = big_csv(tmp_path / "in", sample_rows)
+    source = big_csv(tmp_path / "in", sample_rows, 40_000)
     proc = cli("run", str(source), "--quiet")
     wait_until(lambda: chunks_of(the_batch()) >= 10, 180, what="10 chunks ingested")
     proc.send_signal(signal.SIGINT)
