@@ -179,7 +179,7 @@ def _keras_callback(report: ReportFn, deadline: float, member: int, prefix: str,
 
     from model_store.schedule import fitted_epochs, learning_rate, pace
 
-    class Callback(keras.callbacks.Callback):  # type: ignore[misc]
+    class Callback(keras.callbacks.Callback):
         epochs_run = 0
         schedule_epochs = epochs  # the epochs the schedule now ends at
         pending = 0

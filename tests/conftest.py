@@ -166,3 +166,16 @@ def sample_rows() -> list[str]:
 def write_csv(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+#: Fixtures that start real worker or scheduler processes: a test using one is end to end.
+END_TO_END_FIXTURES = {"worker_factory", "scheduler_thread"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The fast lane (`pytest -m "not slow"`, CONTRIBUTING.md) leaves out every test that
+    starts real worker processes, besides the files and tests marked ``slow`` by hand (fault,
+    training and end-to-end tests): a test cannot forget to be marked."""
+    for item in items:
+        if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -249,7 +249,7 @@ def _serve(role: str) -> bool:
         from prometheus_client import CollectorRegistry, start_http_server
 
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(HostCollector(metrics.group.parent))  # type: ignore[arg-type]
+        registry.register(HostCollector(metrics.group.parent))
         try:
             metrics.server = start_http_server(port, registry=registry)
         except OSError as exc:

@@ -44,6 +44,7 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert BLOCKS[1] in ci
 
 
+@pytest.mark.slow
 def test_readme_main_job_scores_the_sample_and_writes_a_submission(
     home: Path, tmp_path: Path
 ) -> None:

@@ -21,6 +21,7 @@ from worker.preprocess import rows_to_tensor
 
 
 @pytest.mark.skipif(not TRAIN.is_file(), reason=f"{TRAIN} not present")
+@pytest.mark.slow
 def test_bundled_model_matches_its_card_on_the_held_out_rows(home: Path) -> None:
     version = default_version()
     card = version.card

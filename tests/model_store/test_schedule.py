@@ -82,6 +82,7 @@ def test_member_deadlines_share_the_limit_between_waves(members: int, jobs: int,
         [1000.0 + e for e in expected])
 
 
+@pytest.mark.slow
 def test_schedule_shortened_by_the_time_limit_still_anneals(home: Path) -> None:
     """5,000 planned epochs in 30 s: the member ends its schedule when the time is up, at a
     low rate; cutting the 5,000-epoch schedule off there would leave it near the peak.
@@ -107,6 +108,7 @@ def test_schedule_shortened_by_the_time_limit_still_anneals(home: Path) -> None:
     assert f"] {2 * epochs}/{2 * epochs} steps  epoch {epochs}/{epochs}: " in last
 
 
+@pytest.mark.slow
 def test_members_beyond_jobs_get_their_share_of_the_time_limit(home: Path) -> None:
     """Two members one at a time under a 60-s limit: each fits its schedule to its 30 s,
     so the second member trains too (with one deadline for both, the first would fit its

@@ -19,6 +19,9 @@ from model_store.registry import default_version, list_versions
 from model_store.training import evaluate
 from tests.conftest import SAMPLE
 
+#: real worker processes, signals and servers: the full suite only (CONTRIBUTING.md)
+pytestmark = pytest.mark.slow
+
 
 def test_train_registers_a_version_with_its_card(home: Path) -> None:
     bundled = [v.version for v in list_versions()]

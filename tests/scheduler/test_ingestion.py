@@ -33,6 +33,9 @@ from tests.faultkit import (
     wait_until,
 )
 
+#: real worker processes, signals and servers: the full suite only (CONTRIBUTING.md)
+pytestmark = pytest.mark.slow
+
 ROWS = 16_000  # 80 chunks of 200 rows: ingestion takes long enough to be interrupted
 
 

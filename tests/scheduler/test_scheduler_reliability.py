@@ -29,6 +29,9 @@ from scheduler.batches import create_batch
 from scheduler.runner import wait_for
 from tests.faultkit import discard, outcome, report, setup_backend, wait_until, write_scans
 
+#: real worker processes, signals and servers: the full suite only (CONTRIBUTING.md)
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(params=["embedded", "services"])
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:

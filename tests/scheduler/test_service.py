@@ -20,6 +20,9 @@ from digits.db import session
 from digits.schema import Batch, Chunk, Item, Prediction
 from worker.scan_synth import render_scan
 
+#: real worker processes, signals and servers: the full suite only (CONTRIBUTING.md)
+pytestmark = pytest.mark.slow
+
 
 def workers_of(home: Path) -> list[int]:
     """Worker processes (any pid) started for this DIGITS_HOME and still alive."""

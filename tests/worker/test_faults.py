@@ -19,6 +19,9 @@ from scheduler.runner import wait_for
 from tests.conftest import write_csv
 from tests.worker.test_pipeline import prediction_counts
 
+#: real worker processes, signals and servers: the full suite only (CONTRIBUTING.md)
+pytestmark = pytest.mark.slow
+
 
 def test_whole_worker_killed_then_restarted_completes(
     backend: str, worker_factory: type, sample_rows: list[str], tmp_path: Path,

@@ -15,6 +15,9 @@ from scheduler.sweeper import sweep
 from tests.conftest import reset_caches, write_csv
 from worker.chunks import claim, lease_kept, owner_name
 
+#: real worker processes, signals and servers: the full suite only (CONTRIBUTING.md)
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("renewing", [True, False], ids=["renewing", "not-renewing"])
 def test_a_chunk_held_past_its_lease_stays_with_a_live_owner_only_while_renewed(

@@ -14,6 +14,9 @@ import pytest
 
 from tests.conftest import write_csv
 
+#: real worker processes, signals and servers: the full suite only (CONTRIBUTING.md)
+pytestmark = pytest.mark.slow
+
 
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (children first), from /proc."""

@@ -37,6 +37,9 @@ from tests.faultkit import (
     write_scans,
 )
 
+#: real worker processes, signals and servers: the full suite only (CONTRIBUTING.md)
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(params=["embedded", "services"])
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:

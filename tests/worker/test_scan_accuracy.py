@@ -16,6 +16,9 @@ from worker.images import Rejected, image_to_tensor
 from worker.preprocess import rows_to_tensor
 from worker.scan_synth import render_scan
 
+#: real worker processes, signals and servers: the full suite only (CONTRIBUTING.md)
+pytestmark = pytest.mark.slow
+
 ROWS = 500
 
 
