@@ -217,8 +217,8 @@ def train(
 @models_app.command("list")
 def models_list(as_json: JsonOpt = False) -> None:
     """List registered model versions (bundled and trained) with the aliases naming them."""
-    from model_store.aliases import all_aliases
-    from model_store.registry import ModelError, list_versions, resolve_active, shadowed_versions
+    from model_store.aliases import all_aliases, resolve_active
+    from model_store.registry import ModelError, list_versions, shadowed_versions
 
     for path in shadowed_versions():
         typer.echo(f"warning: {path} is hidden: this release bundles its own {path.name}. "
@@ -598,10 +598,10 @@ def worker(
     """Run a Celery worker (prefork) that scores chunks."""
     import signal
 
+    from digits.processes import watch_parent
     from digits.settings import get_settings
     from worker.celery_app import QUEUE
     from worker.celery_app import app as celery_app
-    from worker.local import watch_parent
 
     if exit_with_parent is not None:
         if os.getppid() != exit_with_parent:

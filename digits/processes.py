@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 HOST = socket.gethostname()
@@ -42,3 +45,17 @@ def owner_alive(owner: str | None, seen_at: datetime | None, within: float) -> b
     if seen_at.tzinfo is None:  # SQLite hands back naive UTC
         seen_at = seen_at.replace(tzinfo=UTC)
     return seen_at > datetime.now(UTC) - timedelta(seconds=within)
+
+
+def watch_parent(parent: int, on_gone: Callable[[], None], every: float = 0.5) -> None:
+    """Call ``on_gone`` once ``parent`` is no longer this process's parent (it died: the
+    process was re-parented to init or a subreaper). A thread polling getppid() works for any
+    way the parent ends, SIGKILL included, where an atexit hook or a signal handler in the
+    parent cannot run; PR_SET_PDEATHSIG would fire on the death of the forking *thread*."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        on_gone()
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

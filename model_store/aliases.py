@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from digits.settings import get_settings
+from model_store.registry import ModelError, ModelVersion, default_version, get_version
+
 PRODUCTION = "production"
 ROLLBACK_REASON = "rollback"
 
@@ -80,7 +83,6 @@ def _check_name(alias: str) -> None:
 
 def _check_version(version: int) -> None:
     """Refuse a version the registry does not know, with the list of known ones."""
-    from model_store.registry import ModelError, get_version
 
     try:
         get_version(version)
@@ -100,7 +102,6 @@ def set_alias(alias: str, version: int, reason: str = "") -> AliasChange:
     """
     from digits.db import session
     from digits.schema import AliasHistory, ModelAlias, utcnow
-    from model_store.registry import ModelError, default_version
 
     _check_name(alias)
     _check_version(version)
@@ -178,3 +179,23 @@ def rollback(alias: str = PRODUCTION) -> AliasChange:
         raise AliasError(f"alias {alias!r} has no earlier version to roll back to "
                          f"(it was first set to v{moves[-1].to_version})")
     return set_alias(alias, target, ROLLBACK_REASON)
+
+
+def resolve_active(requested: int | None = None) -> ModelVersion:
+    """The version a new batch is pinned to: explicit request, ``DIGITS_MODEL_VERSION``, the
+    ``production`` alias, or the bundled default, in that order. (Here, not in the registry:
+    the registry knows versions, the aliases know which one is deployed.)"""
+    if requested is not None:
+        return get_version(requested)
+    forced = get_settings().model_version
+    if forced is not None:
+        return get_version(forced)
+    target = alias_target(PRODUCTION)
+    if target is None:
+        return default_version()
+    try:
+        return get_version(target)
+    except ModelError as exc:  # e.g. a release that no longer bundles the version it names
+        raise ModelError(f"the production alias names version {target}, which is not installed "
+                         f"here; move it to an installed version (digits models list), e.g. "
+                         f"digits models promote {default_version().version}") from exc

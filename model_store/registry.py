@@ -152,24 +152,3 @@ def file_sha256_or_none(path: Path) -> str | None:
         return sha256_file(path)
     except OSError:
         return None
-
-
-def resolve_active(requested: int | None = None) -> ModelVersion:
-    """The version a new batch is pinned to: explicit request, ``DIGITS_MODEL_VERSION``, the
-    ``production`` alias, or the bundled default, in that order."""
-    if requested is not None:
-        return get_version(requested)
-    forced = get_settings().model_version
-    if forced is not None:
-        return get_version(forced)
-    from model_store.aliases import alias_target
-
-    target = alias_target("production")
-    if target is None:
-        return default_version()
-    try:
-        return get_version(target)
-    except ModelError as exc:  # e.g. a release that no longer bundles the version it names
-        raise ModelError(f"the production alias names version {target}, which is not installed "
-                         f"here; move it to an installed version (digits models list), e.g. "
-                         f"digits models promote {default_version().version}") from exc

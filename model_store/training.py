@@ -388,8 +388,8 @@ def _member_init(events: Any, parent: int) -> None:
     stopped by SIGTERM or SIGKILL cannot shut its pool down, and orphaned members would keep
     both cores busy for up to an hour training models nobody will register."""
     global _events
+    from digits.processes import watch_parent  # the same watcher `digits worker` uses
     from model_store.loading import configure_threads
-    from worker.local import watch_parent  # the same watcher `digits worker` uses
 
     # os._exit, not a clean exit: the member holds no state worth saving, and a hung
     # TensorFlow call must not delay it

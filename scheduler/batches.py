@@ -27,7 +27,8 @@ from digits.processes import this_process
 from digits.safe_files import is_hidden, refusal, regular_sha256
 from digits.schema import Batch, Chunk, Item, utcnow
 from digits.settings import get_settings
-from model_store.registry import ModelVersion, file_sha256_or_none, resolve_active
+from model_store.aliases import resolve_active
+from model_store.registry import ModelVersion, file_sha256_or_none
 from scheduler.csv_input import NO_LABEL, CsvFileError, read_blocks
 from scheduler.queue import send_chunks
 from scheduler.work import complete_batch_if_finished, record_item_errors, stop_batch

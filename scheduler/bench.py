@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from digits.settings import get_settings
-from model_store.registry import resolve_active
+from model_store.aliases import resolve_active
 from scheduler.batches import enqueue_csv
 from scheduler.csv_input import read_blocks
 from scheduler.runner import wait_for

@@ -29,7 +29,8 @@ from sqlalchemy import select, update
 
 from digits.db import session
 from digits.schema import Chunk, Item, ItemError, Prediction
-from model_store.registry import default_version, register, resolve_active
+from model_store.aliases import resolve_active
+from model_store.registry import default_version, register
 from scheduler.batches import (
     add_chunk,
     create_batch,

@@ -78,7 +78,7 @@ def broker_options(settings: Settings) -> dict[str, Any]:
 
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    app = Celery("digits", broker=settings.broker, include=["worker.tasks"])
+    app = Celery("digits", broker=settings.broker, include=["worker.tasks", "scheduler.tasks"])
     if settings.embedded_broker:  # kombu's filesystem transport, with atomic message writes
         app.conf.broker_transport = "worker.fs_broker:Transport"
     app.conf.update(

@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from sqlalchemy import select, update
 
 from digits.db import aware, insert_ignore, session
+from digits.processes import pid_alive
 from digits.safe_files import read_regular, refusal
 from digits.schema import Batch, Chunk, Item, Prediction, utcnow
 from digits.settings import Settings, get_settings
@@ -33,7 +34,6 @@ from scheduler.work import (
     quarantine,
     record_item_errors,
 )
-from worker.local import pid_alive
 
 log = logging.getLogger("digits.worker")
 HOST = socket.gethostname()

@@ -6,28 +6,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-
-from digits.processes import pid_alive
-
-__all__ = ["pid_alive", "start_workers", "stop_workers", "watch_parent"]
-
-
-def watch_parent(parent: int, on_gone: Callable[[], None], every: float = 0.5) -> None:
-    """Call ``on_gone`` once ``parent`` is no longer this process's parent (it died: the
-    process was re-parented to init or a subreaper). A thread polling getppid() works for any
-    way the parent ends, SIGKILL included, where an atexit hook or a signal handler in the
-    parent cannot run; PR_SET_PDEATHSIG would fire on the death of the forking *thread*."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(every)
-        on_gone()
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def start_workers(concurrency: int, log_file: Path | None = None) -> subprocess.Popen[bytes]:

@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from digits.processes import pid_alive
 from digits.settings import get_settings
-from worker.local import pid_alive
 
 log = logging.getLogger("digits.metrics")
 

@@ -1,4 +1,6 @@
-"""Thin Celery tasks: they take ids, call library functions, and are safe to run twice."""
+"""The worker domain's Celery tasks (scoring, the lease sweep): thin, they take ids, call
+library functions, and are safe to run twice. The scheduler registers its own
+(scheduler/tasks.py), as each domain does."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from worker import heartbeat as _heartbeat  # noqa: F401  (registers worker signals)
 from worker import warmup as _warmup  # noqa: F401  (children load the model before work)
-from worker.celery_app import TASK_EXPORT, TASK_SCORE, TASK_SWEEP, app
+from worker.celery_app import TASK_SCORE, TASK_SWEEP, app
 
 log = logging.getLogger("digits.worker")
 
@@ -45,11 +47,3 @@ def sweep() -> dict[str, Any]:
     from scheduler.sweeper import sweep as run_sweep
 
     return run_sweep().as_dict()
-
-
-@app.task(name=TASK_EXPORT, acks_late=True)
-def nightly_export() -> list[str]:
-    """Write Kaggle submissions for every CSV batch completed since the last export."""
-    from scheduler.export import export_since_last
-
-    return [str(path) for path in export_since_last()]

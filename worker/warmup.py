@@ -23,7 +23,7 @@ def load_active_model(**_: Any) -> None:
     """Load the version new batches are pinned to. A failure is logged, never raised: the
     child must still come up, and a chunk then loads (and reports) what its batch names."""
     try:
-        from model_store.registry import resolve_active
+        from model_store.aliases import resolve_active
         from worker.classify import model_for
 
         model_for(resolve_active().version)

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from digits.db import session
 from digits.schema import Batch, Chunk, Item, Prediction
-from model_store.aliases import alias_target, history
+from model_store.aliases import alias_target, history, resolve_active
 from model_store.promotion import PromotionError, promote
-from model_store.registry import ModelVersion, default_version, register, resolve_active
+from model_store.registry import ModelVersion, default_version, register
 from tests.conftest import write_csv
 
 

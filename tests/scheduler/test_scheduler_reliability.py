@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 
 from digits.db import session
 from digits.schema import Batch, Item, ItemError
-from model_store.registry import resolve_active
+from model_store.aliases import resolve_active
 from scheduler.batches import create_batch
 from scheduler.runner import wait_for
 from tests.faultkit import discard, outcome, report, setup_backend, wait_until, write_scans
