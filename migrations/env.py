@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from alembic import context
 
-from digits.db import get_engine
-from digits.schema import Base
-from digits.settings import get_settings
+from digits.core.db import get_engine
+from digits.core.schema import Base
+from digits.core.settings import get_settings
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or get_settings().db_url

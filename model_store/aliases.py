@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from digits.settings import get_settings
+from digits.core.settings import get_settings
 from model_store.registry import ModelError, ModelVersion, default_version, get_version
 
 PRODUCTION = "production"
@@ -45,8 +45,8 @@ def alias_target(alias: str) -> int | None:
     from sqlalchemy import select
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    from digits.db import session
-    from digits.schema import ModelAlias
+    from digits.core.db import session
+    from digits.core.schema import ModelAlias
 
     try:
         with session() as sess:
@@ -60,8 +60,8 @@ def all_aliases() -> dict[int, list[str]]:
     from sqlalchemy import select
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    from digits.db import session
-    from digits.schema import ModelAlias
+    from digits.core.db import session
+    from digits.core.schema import ModelAlias
 
     found: dict[int, list[str]] = {}
     try:
@@ -100,8 +100,8 @@ def set_alias(alias: str, version: int, reason: str = "") -> AliasChange:
     production to the default itself records "from" as None: nothing earlier to return to).
     Pointing an alias at the version it already names changes nothing and records nothing.
     """
-    from digits.db import session
-    from digits.schema import AliasHistory, ModelAlias, utcnow
+    from digits.core.db import session
+    from digits.core.schema import AliasHistory, ModelAlias, utcnow
 
     _check_name(alias)
     _check_version(version)
@@ -132,8 +132,8 @@ def history(alias: str = PRODUCTION, limit: int | None = None) -> list[AliasChan
     from sqlalchemy import select
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    from digits.db import aware, session
-    from digits.schema import AliasHistory
+    from digits.core.db import aware, session
+    from digits.core.schema import AliasHistory
 
     query = (select(AliasHistory).where(AliasHistory.alias == alias)
              .order_by(AliasHistory.id.desc()))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from scheduler.csv_input import read_labelled
+from digits.core.csv_input import read_labelled
 
 #: The split is fixed by its own seed, independent of the training seed, so every model
 #: trained on the same file is validated on exactly the same held-out rows.

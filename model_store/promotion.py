@@ -44,8 +44,8 @@ class PromotionResult:
 
 def golden_accuracy(model: Any, pixels: Any, labels: Any) -> float:
     """Top-1 accuracy on the golden rows (temperature scaling never changes the arg-max)."""
-    from worker.classify import predict
-    from worker.preprocess import rows_to_tensor
+    from digits.core.preprocess import rows_to_tensor
+    from model_store.inference import predict
 
     probs = predict(model, rows_to_tensor(pixels))
     return float((probs.argmax(axis=1) == labels).mean())
@@ -81,7 +81,7 @@ def promote(version: int, alias: str = PRODUCTION, tolerance: float = DEFAULT_TO
     When the current target itself cannot be loaded (tampered, deleted) there is nothing to
     regress from, so the candidate is judged on integrity alone and the result says so.
     """
-    from scheduler.csv_input import CsvFileError, read_labelled
+    from digits.core.csv_input import CsvFileError, read_labelled
 
     if tolerance < 0:
         raise PromotionError(f"tolerance must be >= 0, got {tolerance}")
@@ -123,7 +123,7 @@ def promote(version: int, alias: str = PRODUCTION, tolerance: float = DEFAULT_TO
         change = set_alias(alias, version, text)
     except AliasError as exc:
         raise PromotionError(str(exc)) from exc
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
 
     forced_version = get_settings().model_version
     if alias == PRODUCTION and forced_version is not None:

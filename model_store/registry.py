@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from digits.settings import get_settings
+from digits.core.settings import get_settings
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "versions"
 MODEL_FILE = "model.keras"

@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from digits.core.csv_input import read_unlabelled
+from digits.core.preprocess import rows_to_tensor, stack
 from model_store.calibration import apply_temperature, expected_calibration_error, fit_temperature
 from model_store.choices import PRECISIONS
 from model_store.data import SPLIT_SEED, VAL_FRACTION, Split, load_split
 from model_store.registry import ModelVersion, register, sha256_file
 from model_store.schedule import PEAK_LEARNING_RATE, member_deadlines, teacher_share
-from scheduler.csv_input import read_unlabelled
-from worker.preprocess import rows_to_tensor, stack
 
 ProgressFn = Callable[[int, int, str], None]  # (done steps, total steps, description)
 
@@ -388,7 +388,7 @@ def _member_init(events: Any, parent: int) -> None:
     stopped by SIGTERM or SIGKILL cannot shut its pool down, and orphaned members would keep
     both cores busy for up to an hour training models nobody will register."""
     global _events
-    from digits.processes import watch_parent  # the same watcher `digits worker` uses
+    from digits.core.processes import watch_parent  # the same watcher `digits worker` uses
     from model_store.loading import configure_threads
 
     # os._exit, not a clean exit: the member holds no state worth saving, and a hung
@@ -588,7 +588,7 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
     probs, scan_probs, scan_labels, refused = _held_out_probs(model, split, rendered=scans)
     temperature = fit_temperature(np.concatenate([probs, scan_probs]),
                                   np.concatenate([split.y_val, scan_labels]))
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
 
     threshold = get_settings().confidence_threshold
     metrics = evaluate(probs, split.y_val, temperature, threshold)
@@ -684,8 +684,8 @@ def scan_like_validation(
     """The held-out rows rendered as realistic scans and run through the production
     preprocessing, so calibration sees what the inbox sees; returns (tensors, labels, refused).
     """
-    from worker.images import Rejected, image_to_tensor
-    from worker.scan_synth import render_scan
+    from digits.core.images import Rejected, image_to_tensor
+    from digits.core.synthetic_scans import render_scan
 
     rng = np.random.default_rng(seed)
     tensors: list[NDArray[np.float32]] = []
@@ -703,7 +703,7 @@ def scan_like_validation(
 def measure(version: ModelVersion, data: Path, scans: bool = True) -> dict[str, Any]:
     """Re-measure a registered version on the fixed held-out rows of ``data`` (clean, and
     rendered as scans), with the same evaluation its card was written with."""
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
     from model_store.loading import load
 
     split = load_split(data)

@@ -22,16 +22,16 @@ from numpy.typing import NDArray
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
-from digits.db import session
-from digits.processes import this_process
-from digits.safe_files import is_hidden, refusal, regular_sha256
-from digits.schema import Batch, Chunk, Item, utcnow
-from digits.settings import get_settings
+from digits.core.csv_input import NO_LABEL, CsvFileError, read_blocks
+from digits.core.db import session
+from digits.core.processes import this_process
+from digits.core.safe_files import is_hidden, refusal, regular_sha256
+from digits.core.schema import Batch, Chunk, Item, utcnow
+from digits.core.settings import get_settings
+from digits.core.state_machine import complete_batch_if_finished, record_item_errors, stop_batch
 from model_store.aliases import resolve_active
 from model_store.registry import ModelVersion, file_sha256_or_none
-from scheduler.csv_input import NO_LABEL, CsvFileError, read_blocks
-from scheduler.queue import send_chunks
-from scheduler.work import complete_batch_if_finished, record_item_errors, stop_batch
+from worker.publish import send_chunks
 
 log = logging.getLogger("digits.scheduler")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"}

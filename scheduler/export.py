@@ -24,9 +24,9 @@ from typing import Any
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import aliased
 
-from digits.db import session
-from digits.schema import Batch, Export, Item, ItemError, Prediction
-from digits.settings import get_settings
+from digits.core.db import session
+from digits.core.schema import Batch, Export, Item, ItemError, Prediction
+from digits.core.settings import get_settings
 
 log = logging.getLogger("digits.export")
 

@@ -38,11 +38,11 @@ from pathlib import Path
 
 from sqlalchemy import delete, select, update
 
-from digits.db import session
-from digits.safe_files import is_hidden
-from digits.schema import Batch, Chunk, Item, ItemError
+from digits.core.db import session
+from digits.core.safe_files import is_hidden
+from digits.core.schema import Batch, Chunk, Item, ItemError
 from scheduler.batches import enqueue_files, image_files
-from scheduler.queue import send_chunks
+from worker.publish import send_chunks
 
 log = logging.getLogger("digits.inbox")
 RESERVED = {"processing", "processed", "failed"}

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from digits.db import session
-from digits.processes import owner_alive
-from digits.schema import Batch, Chunk, Item, utcnow
-from digits.settings import get_settings
+from digits.core.db import session
+from digits.core.processes import owner_alive
+from digits.core.schema import Batch, Chunk, Item, utcnow
+from digits.core.settings import get_settings
+from digits.core.state_machine import FINISHED_BATCH, stop_batch
 from model_store.registry import file_sha256_or_none
 from scheduler.batches import (
     Enqueued,
@@ -29,7 +30,6 @@ from scheduler.batches import (
     ingest_csv,
     ingester_name,
 )
-from scheduler.work import FINISHED_BATCH, stop_batch
 
 INBOX_PREFIX = "inbox:"
 

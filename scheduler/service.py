@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from digits.settings import get_settings
+from digits.core.settings import get_settings
 from model_store.registry import ModelError
 from scheduler.inbox import Inbox
 
@@ -80,9 +80,9 @@ def watch(root: Path, wake: threading.Event, inbox: Inbox | None = None) -> Any:
 
 def run_scheduler(stop: threading.Event, beat: bool = True) -> None:
     """Scan the inbox, sweep leases, file failures, until ``stop`` is set."""
-    from scheduler.sweeper import sweep
     from worker import metrics
     from worker.heartbeat import sweeper_beat, sweeper_gone
+    from worker.sweeper import sweep
 
     settings = get_settings()
     inbox = Inbox(settings.inbox_dir, settings.inbox_settle_seconds)
@@ -145,29 +145,3 @@ def install_stop_handlers(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-
-
-def up(workers: int | None = None) -> None:
-    """Scheduler + local workers in the foreground; restarts a worker that dies."""
-    from worker.local import start_workers, stop_workers
-
-    settings = get_settings()
-    stop = threading.Event()
-    install_stop_handlers(stop)
-    logs = settings.home / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    proc = start_workers(workers or settings.workers, logs / "worker.log")
-
-    def keep_workers() -> None:
-        nonlocal proc
-        while not stop.wait(2.0):
-            if proc.poll() is not None:
-                log.warning("worker exited (%s): restarting", proc.returncode)
-                proc = start_workers(workers or settings.workers, logs / "worker.log")
-
-    threading.Thread(target=keep_workers, daemon=True, name="keep-workers").start()
-    try:
-        run_scheduler(stop)
-    finally:
-        stop.set()
-        stop_workers(proc, timeout=60)

@@ -30,8 +30,8 @@ REDIS_URL = os.environ.get("DIGITS_TEST_REDIS", "redis://127.0.0.1:6379")
 
 
 def reset_caches() -> None:
-    from digits import db
-    from digits.settings import get_settings
+    from digits.core import db
+    from digits.core.settings import get_settings
 
     get_settings.cache_clear()
     for engine in db._engines.values():
@@ -59,7 +59,7 @@ def pg_url() -> Iterator[str]:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
     yield f"{base}/{name}"
-    from digits import db
+    from digits.core import db
 
     for engine in db._engines.values():
         engine.dispose()
@@ -87,7 +87,7 @@ def backend(request: pytest.FixtureRequest, home: Path, monkeypatch: pytest.Monk
         monkeypatch.setenv("DIGITS_DATABASE_URL", request.getfixturevalue("pg_url"))
         monkeypatch.setenv("DIGITS_BROKER_URL", request.getfixturevalue("redis_url"))
         reset_caches()
-    from digits.db import upgrade
+    from digits.core.db import upgrade
 
     upgrade()
     return str(request.param)
@@ -110,7 +110,7 @@ class WorkerProcess:
         """Wait for *this* worker's heartbeat (named host:pid; `digits worker` runs Celery in
         its own process): any worker's row would let a second worker's wait return while it
         is still importing, and the first would take every chunk before it consumes."""
-        from digits.queries import connected_workers
+        from digits.core.queries import connected_workers
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

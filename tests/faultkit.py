@@ -31,8 +31,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from digits.db import session
-from digits.schema import Batch, Chunk, Item, Prediction
+from digits.core.db import session
+from digits.core.schema import Batch, Chunk, Item, Prediction
 
 
 def free_port() -> int:
@@ -234,7 +234,7 @@ def write_scans(folder: Path, sample_rows: list[str], n: int, seed: int = 0,
     """``n`` realistic PNG scans of the sample's digits, named ``<prefix>NN.png``."""
     import numpy as np
 
-    from worker.scan_synth import render_scan
+    from digits.core.synthetic_scans import render_scan
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -267,7 +267,7 @@ def setup_backend(kind: str, request: Any, monkeypatch: Any) -> str:
         reload_settings()
     else:
         request.getfixturevalue("home")
-    from digits.db import upgrade
+    from digits.core.db import upgrade
 
     upgrade()
     return kind

@@ -27,8 +27,9 @@ import numpy as np
 import pytest
 from sqlalchemy import select, update
 
-from digits.db import session
-from digits.schema import Chunk, Item, ItemError, Prediction
+from digits.app.runner import wait_for
+from digits.core.db import session
+from digits.core.schema import Chunk, Item, ItemError, Prediction
 from model_store.aliases import resolve_active
 from model_store.registry import default_version, register
 from scheduler.batches import (
@@ -40,7 +41,6 @@ from scheduler.batches import (
     image_files,
     stage,
 )
-from scheduler.runner import wait_for
 from tests.conftest import write_csv
 from tests.faultkit import (
     PrivateRedis,
@@ -132,7 +132,7 @@ def test_pickled_messages_are_refused_and_nothing_runs(
         assert sess.scalar(select(Chunk.state).where(Chunk.id == chunk_id)) == "queued"
         assert sess.scalars(select(Prediction.id)).all() == []
     assert not marker.exists()  # ... but the worker never unpickled it
-    from scheduler.queue import send_chunks
+    from worker.publish import send_chunks
 
     send_chunks([chunk_id])  # a legitimate JSON message for the same chunk
     wait_until(lambda: session_chunk_state(chunk_id) == "done", 60, what="the JSON message")
@@ -159,7 +159,7 @@ def test_hostile_paths_and_references_are_refused_with_a_reason(
     reason, the rest of the work goes on, and nothing loops."""
     monkeypatch.setenv("DIGITS_MAX_ATTEMPTS", "2")
     reload_settings()
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
 
     settings = get_settings()
     # 1. a CSV chunk whose staging reference climbs out of the staging folder
@@ -187,7 +187,7 @@ def test_hostile_paths_and_references_are_refused_with_a_reason(
         sess.execute(update(Item).where(Item.batch_id == images.batch_id,
                                         Item.source_ref == "scan00.png")
                      .values(path="/etc/passwd"))
-    from scheduler.queue import send_chunks
+    from worker.publish import send_chunks
 
     send_chunks(images.chunk_ids)
     # 4. a batch pinned to a model version whose file no longer matches its card
@@ -251,7 +251,7 @@ def test_inbox_content_is_never_executed(
 ) -> None:
     """Scripts, executables and shell-metacharacter names dropped into the inbox are data:
     refused by type or by content, never run, and the names are stored as they are."""
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
     from scheduler.inbox import Inbox
 
     inbox = Inbox(get_settings().inbox_dir, settle=0.0)

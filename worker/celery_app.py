@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import Celery
 
-from digits.settings import Settings, get_settings
+from digits.core.settings import Settings, get_settings
 
 TASK_SCORE = "digits.score_chunk"
 TASK_SWEEP = "digits.sweep"

@@ -23,12 +23,12 @@ import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import select, update
 
-from digits.db import aware, insert_ignore, session
-from digits.processes import pid_alive
-from digits.safe_files import read_regular, refusal
-from digits.schema import Batch, Chunk, Item, Prediction, utcnow
-from digits.settings import Settings, get_settings
-from scheduler.work import (
+from digits.core.db import aware, insert_ignore, session
+from digits.core.processes import pid_alive
+from digits.core.safe_files import read_regular, refusal
+from digits.core.schema import Batch, Chunk, Item, Prediction, utcnow
+from digits.core.settings import Settings, get_settings
+from digits.core.state_machine import (
     TERMINAL_CHUNK,
     complete_batch_if_finished,
     quarantine,
@@ -168,7 +168,7 @@ def read_inputs(found: Claim) -> Inputs:
             select(Item.id).where(Item.chunk_id == found.chunk_id).order_by(Item.position)
         ).all()
     if found.kind == "csv":
-        from worker.preprocess import rows_to_tensor
+        from digits.core.preprocess import rows_to_tensor
 
         staged = settings.staging_dir / found.ref
         if not inside(staged, settings.staging_dir):
@@ -183,8 +183,8 @@ def read_inputs(found: Claim) -> Inputs:
 
 
 def read_images(found: Claim, rows: list[tuple[int, str | None]]) -> Inputs:
-    from worker.images import Rejected, image_to_tensor
-    from worker.preprocess import stack
+    from digits.core.images import Rejected, image_to_tensor
+    from digits.core.preprocess import stack
 
     settings = get_settings()
     roots = [Path(found.source).resolve(), settings.inbox_dir.resolve()]  # once per chunk
@@ -265,7 +265,7 @@ def write_results(
 
 def process_chunk(chunk_id: int) -> str:
     """Score one chunk end to end; returns what happened (for logs and tests)."""
-    from worker.classify import model_for, predict
+    from model_store.inference import model_for, predict
     from worker.results import prediction_rows, shape
 
     started = time.perf_counter()

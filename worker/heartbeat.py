@@ -16,9 +16,9 @@ from typing import Any
 from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy import delete, exists, select
 
-from digits.db import session
-from digits.schema import WorkerHeartbeat, utcnow
-from digits.settings import get_settings
+from digits.core.db import session
+from digits.core.schema import WorkerHeartbeat, utcnow
+from digits.core.settings import get_settings
 
 log = logging.getLogger("digits.worker")
 INTERVAL = 5.0
@@ -78,7 +78,7 @@ def sweep_if_alone() -> None:
     is claimed once."""
     if sweeper_alive():
         return
-    from scheduler.sweeper import sweep
+    from worker.sweeper import sweep
 
     report = sweep()
     if report.requeued or report.resent or report.quarantined:

@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from digits.processes import pid_alive
-from digits.settings import get_settings
+from digits.core.processes import pid_alive
+from digits.core.settings import get_settings
 
 log = logging.getLogger("digits.metrics")
 
@@ -288,7 +288,7 @@ def record_chunk(kind: str, model_version: int, confidences: Iterable[float],
         if metrics is None:
             return
         if loaded_versions is None:
-            from worker.classify import loaded_versions as in_this_process
+            from model_store.inference import loaded_versions as in_this_process
 
             loaded_versions = in_this_process()
         serve("worker")
@@ -313,8 +313,8 @@ def update_queue_gauges() -> None:
             return
         from sqlalchemy import func, select
 
-        from digits.db import aware, session
-        from digits.schema import Batch, Chunk, utcnow
+        from digits.core.db import aware, session
+        from digits.core.schema import Batch, Chunk, utcnow
 
         with session() as sess:
             counts = dict(sess.execute(

@@ -44,6 +44,6 @@ def score_chunk(self: Task, chunk_id: int) -> str:
 @app.task(name=TASK_SWEEP, acks_late=True)
 def sweep() -> dict[str, Any]:
     """Re-send chunks whose lease expired or whose message was lost (beat runs this)."""
-    from scheduler.sweeper import sweep as run_sweep
+    from worker.sweeper import sweep as run_sweep
 
     return run_sweep().as_dict()

@@ -24,7 +24,7 @@ def load_active_model(**_: Any) -> None:
     child must still come up, and a chunk then loads (and reports) what its batch names."""
     try:
         from model_store.aliases import resolve_active
-        from worker.classify import model_for
+        from model_store.inference import model_for
 
         model_for(resolve_active().version)
     except Exception:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from digits.settings import Settings
+from digits.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 README = (ROOT / "README.md").read_text()

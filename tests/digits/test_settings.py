@@ -37,7 +37,7 @@ def test_a_lease_that_would_expire_under_a_live_chunk_is_refused(
 @pytest.mark.parametrize(("lease", "limit"), [("6", "5"), ("60", "50"), ("51", "50")])
 def test_a_lease_above_the_time_limit_is_accepted(lease: str, limit: str, home: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from digits.settings import Settings
+    from digits.core.settings import Settings
 
     monkeypatch.setenv("DIGITS_LEASE_SECONDS", lease)
     monkeypatch.setenv("DIGITS_TASK_TIME_LIMIT", limit)

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from digits.core.preprocess import rows_to_tensor
 from model_store.calibration import apply_temperature, expected_calibration_error
 from model_store.data import load_split
+from model_store.inference import predict
 from model_store.loading import load
 from model_store.registry import default_version, sha256_file
 from tests.conftest import KAGGLE_TRAIN as TRAIN
-from worker.classify import predict
-from worker.preprocess import rows_to_tensor
 
 
 @pytest.mark.skipif(not TRAIN.is_file(), reason=f"{TRAIN} not present")

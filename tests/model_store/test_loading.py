@@ -26,7 +26,7 @@ CARD = {"architecture": "test", "validation": {"accuracy": 0.0}}
 @pytest.fixture(autouse=True)
 def empty_model_cache() -> Iterator[None]:
     """Version numbers restart in every test's fresh home: never reuse another test's model."""
-    from worker.classify import evict_idle
+    from model_store.inference import evict_idle
 
     evict_idle(max_idle=-1)
     yield
@@ -76,7 +76,7 @@ def hdf5_posing_as_keras(tmp: Path) -> ModelVersion:
 
 def h5_file_only(tmp: Path) -> ModelVersion:
     """A version folder holding model.h5 and a card for it, but no model.keras."""
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
 
     h5 = saved(small_model(), tmp / "legacy.h5")
     folder = get_settings().local_models_dir / "v90"
@@ -132,7 +132,7 @@ def test_intact_copy_loads_with_the_expected_signature(home: Path) -> None:
 
 
 def test_model_cache_loads_the_new_version_before_evicting_idle_ones(home: Path) -> None:
-    from worker import classify
+    from model_store import inference as classify
 
     old, new = copy_of_default(), copy_of_default()
     broken = tampered(home)
@@ -148,7 +148,7 @@ def test_model_cache_loads_the_new_version_before_evicting_idle_ones(home: Path)
 def test_recently_used_versions_stay_cached(home: Path) -> None:
     import time
 
-    from worker import classify
+    from model_store import inference as classify
 
     first, second = copy_of_default(), copy_of_default()
     classify.model_for(first.version)

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from digits.db import session
-from digits.schema import Batch, Chunk, Item, Prediction
+from digits.core.db import session
+from digits.core.schema import Batch, Chunk, Item, Prediction
 from model_store.aliases import alias_target, history, resolve_active
 from model_store.promotion import PromotionError, promote
 from model_store.registry import ModelVersion, default_version, register
@@ -21,7 +21,7 @@ from tests.conftest import write_csv
 @pytest.fixture
 def db(home: Path) -> Path:
     """The embedded deployment, migrated (promotion needs no services)."""
-    from digits.db import upgrade
+    from digits.core.db import upgrade
 
     upgrade()
     return home
@@ -160,8 +160,8 @@ def test_hot_swap_with_a_live_worker(backend: str, worker_factory: Any,
                                      sample_rows: list[str], tmp_path: Path) -> None:
     """Promote between two batches: each keeps its pinned version, the same process serves
     both (one prefork child, so the swap happens inside it), nothing fails or restarts."""
+    from digits.app.runner import wait_for
     from scheduler.batches import enqueue_csv
-    from scheduler.runner import wait_for
 
     source = write_csv(tmp_path / "digits.csv", sample_rows[:121])
     version_a = resolve_active().version

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from digits.db import session
-from digits.schema import Export
+from digits.app.runner import wait_for
+from digits.core.db import session
+from digits.core.schema import Export
+from digits.core.synthetic_scans import render_scan
 from model_store.registry import default_version
 from scheduler.batches import enqueue_csv, enqueue_files, image_files
-from scheduler.runner import wait_for
 from tests.conftest import write_csv
-from worker.scan_synth import render_scan
 
 
 def scan_folder(folder: Path, sample_rows: list[str], n: int, junk: bool = False) -> Path:
@@ -75,7 +75,7 @@ def check_export_folder(row: Export, items: int, labelled: int, errors: int) -> 
 @pytest.fixture
 def beat_scheduler(backend: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The real scheduler loop (inbox, sweeper, embedded Celery beat) exporting every 2 s."""
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
     from scheduler.service import run_scheduler
 
     monkeypatch.setenv("DIGITS_EXPORT_SCHEDULE_SECONDS", "2")
@@ -92,7 +92,7 @@ def beat_scheduler(backend: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
 def test_beat_fires_the_nightly_export_once_per_batch(
     beat_scheduler: None, worker_factory: type, sample_rows: list[str], tmp_path: Path,
 ) -> None:
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
     from scheduler.export import export_since_last
 
     worker = worker_factory(concurrency=1)
@@ -143,7 +143,7 @@ def test_export_since_last_by_hand_concurrent_runs_write_each_batch_once(
     waits while another holds a batch's claim and then skips it; three `digits export
     --since-last` processes at once export every other batch exactly once; a fourth run finds
     nothing to do."""
-    from digits.schema import Batch
+    from digits.core.schema import Batch
     from scheduler.export import export_day, export_one
 
     worker = worker_factory(concurrency=1)
@@ -207,7 +207,7 @@ def test_export_since_last_by_hand_concurrent_runs_write_each_batch_once(
 def test_the_date_folder_is_the_day_in_the_export_time_zone(
     home: Path, monkeypatch: pytest.MonkeyPatch, zone: str, now: datetime, day: str,
 ) -> None:
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
     from scheduler.export import export_day
 
     monkeypatch.setenv("DIGITS_EXPORT_TIMEZONE", zone)

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from digits.db import aware, session
-from digits.schema import Batch, Chunk, Item, ItemError, Prediction
+from digits.app.runner import wait_for
+from digits.core.db import aware, session
+from digits.core.schema import Batch, Chunk, Item, ItemError, Prediction
+from digits.core.synthetic_scans import render_scan
 from scheduler.batches import enqueue_files, image_files
 from scheduler.inbox import Inbox
-from scheduler.runner import wait_for
-from worker.scan_synth import render_scan
 
 
 def scans(sample_rows: list[str], n: int, seed: int = 0) -> list[tuple[bytes, str, int]]:
@@ -40,7 +40,7 @@ def drop(folder: Path, name: str, data: bytes) -> Path:
 
 @pytest.fixture
 def inbox(home: Path) -> Inbox:
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
 
     return Inbox(get_settings().inbox_dir, settle=0.3)
 
@@ -112,7 +112,7 @@ def test_drops_become_batches_with_dedupe_and_failed_files(
     scheduler_thread: threading.Event, worker_factory: type, sample_rows: list[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
 
     worker = worker_factory()
     worker.wait_ready()
@@ -171,7 +171,7 @@ def test_reconcile_recovers_claimed_and_committed_drops(backend: str, inbox: Inb
 def test_watch_mode_latency(scheduler_thread: threading.Event, worker_factory: type,
                             sample_rows: list[str]) -> None:
     """A dropped file has its prediction committed within 2 s at p95 (measured, printed)."""
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
 
     worker = worker_factory()
     worker.wait_ready()
@@ -285,7 +285,7 @@ def test_a_link_swapped_in_after_the_scan_or_after_the_claim_is_never_followed(
     late = drop_dir / "late.png"
     late.unlink()
     os.symlink(outside / "a.png", late)
-    from scheduler.queue import send_chunks
+    from worker.publish import send_chunks
 
     send_chunks(done.chunk_ids)
     worker = worker_factory()
@@ -320,7 +320,7 @@ def test_a_file_written_slowly_is_claimed_only_once_complete(
     """A JPEG written in four parts one second apart, into the watched inbox. Before: claimed
     after the first part and filed as "truncated or corrupt image" while the writer went on
     writing into the moved file. Now: one item, predicted, nothing in failed/."""
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
 
     worker = worker_factory()
     worker.wait_ready()
@@ -368,7 +368,7 @@ def test_a_file_claimed_half_written_is_read_again_not_called_broken(
     growing.flush()
     done = enqueue_files(folder, image_files(folder), send=False)
 
-    from scheduler.queue import send_chunks
+    from worker.publish import send_chunks
 
     claimed = threading.Event()
 

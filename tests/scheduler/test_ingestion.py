@@ -16,12 +16,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from digits.db import session
-from digits.queries import batch_progress
-from digits.schema import Batch, Chunk, Item
+from digits.app.runner import wait_for
+from digits.core.db import session
+from digits.core.queries import batch_progress
+from digits.core.schema import Batch, Chunk, Item
 from scheduler.batches import enqueue_csv
-from scheduler.runner import wait_for
-from scheduler.sweeper import sweep
 from tests.conftest import write_csv
 from tests.faultkit import (
     PrivateRedis,
@@ -32,6 +31,7 @@ from tests.faultkit import (
     setup_backend,
     wait_until,
 )
+from worker.sweeper import sweep
 
 #: real worker processes, signals and servers: the full suite only (CONTRIBUTING.md)
 pytestmark = pytest.mark.slow

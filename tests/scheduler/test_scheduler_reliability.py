@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from digits.db import session
-from digits.schema import Batch, Item, ItemError
+from digits.app.runner import wait_for
+from digits.core.db import session
+from digits.core.schema import Batch, Item, ItemError
 from model_store.aliases import resolve_active
 from scheduler.batches import create_batch
-from scheduler.runner import wait_for
 from tests.faultkit import discard, outcome, report, setup_backend, wait_until, write_scans
 
 #: real worker processes, signals and servers: the full suite only (CONTRIBUTING.md)
@@ -102,7 +102,7 @@ def test_scheduler_killed_right_after_claiming_loses_and_repeats_nothing(
     """SIGKILL `digits scheduler` the moment a drop appears in processing/ (claimed: renamed
     out of the inbox, maybe not yet a batch), start a new one: it finishes the drop. Every
     dropped file ends as exactly one item, scored once or refused with a reason."""
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
 
     inbox = get_settings().inbox_dir
     processing = inbox / "processing"
@@ -154,7 +154,7 @@ def test_scheduler_killed_half_way_through_enqueueing_a_drop_is_redone(
     """The narrowest window, made deterministic: the batch row of a claimed drop was committed
     but the scheduler died before its items and chunks were (status still ``enqueueing``).
     Start-up reconciliation must redo that drop, not take it as committed."""
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
     from scheduler.inbox import SOURCE_PREFIX, Inbox
 
     inbox = Inbox(get_settings().inbox_dir)

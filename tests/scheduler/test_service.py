@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from digits.db import session
-from digits.schema import Batch, Chunk, Item, Prediction
-from worker.scan_synth import render_scan
+from digits.core.db import session
+from digits.core.schema import Batch, Chunk, Item, Prediction
+from digits.core.synthetic_scans import render_scan
 
 #: real worker processes, signals and servers: the full suite only (CONTRIBUTING.md)
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def test_up_scores_dropped_files_and_stops_cleanly_on_sigterm(
                             stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             env=dict(os.environ), start_new_session=True)
     try:
-        from digits.settings import get_settings
+        from digits.core.settings import get_settings
 
         inbox = get_settings().inbox_dir
         deadline = time.monotonic() + 60
@@ -89,7 +89,7 @@ def test_a_missing_production_model_is_logged_once_and_the_drop_waits_for_the_fi
 ) -> None:
     """The production alias names a version that is gone: the scheduler says so in one line
     (not a traceback every 2 s), keeps the drop, and enqueues it once the alias is moved."""
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
     from model_store.aliases import set_alias
     from model_store.registry import default_version, register
     from scheduler.service import run_scheduler

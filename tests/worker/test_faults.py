@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from digits.db import session
-from digits.schema import Batch, Chunk
+from digits.app.runner import wait_for
+from digits.core.db import session
+from digits.core.schema import Batch, Chunk
 from scheduler.batches import enqueue_csv
-from scheduler.runner import wait_for
 from tests.conftest import write_csv
 from tests.worker.test_pipeline import prediction_counts
 
@@ -33,7 +33,7 @@ def test_whole_worker_killed_then_restarted_completes(
     monkeypatch.setenv("DIGITS_LEASE_SECONDS", "6")
     monkeypatch.setenv("DIGITS_TASK_TIME_LIMIT", "5")  # the lease must outlive it
     monkeypatch.setenv("DIGITS_TF_THREADS", "1")
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
 
     get_settings.cache_clear()
     source = write_csv(tmp_path / "big.csv", sample_rows[:1] + sample_rows[1:] * 30)  # 6,000
@@ -108,7 +108,7 @@ def test_poison_chunk_is_quarantined_and_the_rest_goes_on(
     monkeypatch.setenv("DIGITS_MAX_ATTEMPTS", "2")
     monkeypatch.setenv("DIGITS_LEASE_SECONDS", "6")
     monkeypatch.setenv("DIGITS_TASK_TIME_LIMIT", "5")  # the lease must outlive it
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
 
     get_settings.cache_clear()
     source = write_csv(tmp_path / "poison.csv", sample_rows[:61])
@@ -155,12 +155,12 @@ def test_a_lone_worker_sweeps_and_recovers_within_the_lease(
     `digits run` (nothing else sweeps; this test only reads). Before: its chunks stayed
     ``running`` for good on the embedded broker (100 s seen) and until Redis's 300-s
     visibility timeout on Redis. Now the worker sweeps when no scheduler heartbeat is fresh."""
-    from digits.queries import batch_progress
+    from digits.core.queries import batch_progress
 
     monkeypatch.setenv("DIGITS_LEASE_SECONDS", "6")
     monkeypatch.setenv("DIGITS_TASK_TIME_LIMIT", "5")
     monkeypatch.setenv("DIGITS_TF_THREADS", "1")
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
 
     get_settings.cache_clear()
     source = write_csv(tmp_path / "big.csv", sample_rows[:1] + sample_rows[1:] * 30)  # 6,000

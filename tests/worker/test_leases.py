@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from digits.db import aware, session
-from digits.schema import Chunk
+from digits.core.db import aware, session
+from digits.core.schema import Chunk
 from scheduler.batches import enqueue_csv
-from scheduler.sweeper import sweep
 from tests.conftest import reset_caches, write_csv
 from worker.chunks import claim, lease_kept, owner_name
+from worker.sweeper import sweep
 
 #: real worker processes, signals and servers: the full suite only (CONTRIBUTING.md)
 pytestmark = pytest.mark.slow

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from digits.app.runner import wait_for
+from digits.core.synthetic_scans import render_scan
 from model_store.registry import default_version
 from scheduler.batches import enqueue_csv, enqueue_files, image_files
-from scheduler.runner import wait_for
 from tests.conftest import write_csv
 from worker.metrics import CATEGORIES, error_category
-from worker.scan_synth import render_scan
 
 SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
 
@@ -66,7 +66,7 @@ def wait_scrape(port: int, ready: object, timeout: float = 30) -> dict:
 def metrics_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     """DIGITS_METRICS_PORT for the processes started in the test; the multiprocess directory
     the scheduler sets in this process is put back afterwards."""
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
 
     port = free_port()
     monkeypatch.setenv("DIGITS_METRICS_PORT", str(port))
@@ -84,7 +84,7 @@ def test_worker_serves_metrics_after_scoring_a_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each prefork child writes its own files; the port answers with the merged totals."""
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
     from scheduler.service import run_scheduler
 
     worker = worker_factory(concurrency=2)

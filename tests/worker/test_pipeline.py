@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from digits.db import session
-from digits.schema import Chunk, Item, ItemError, Prediction
+from digits.app.runner import wait_for
+from digits.core.db import session
+from digits.core.schema import Chunk, Item, ItemError, Prediction
 from scheduler.batches import enqueue_csv
 from scheduler.export import ExportError, export_batch
-from scheduler.runner import wait_for
 from tests.conftest import write_csv
 
 

@@ -17,11 +17,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from digits.db import session
-from digits.schema import Chunk, Item, ItemError
+from digits.app.runner import wait_for
+from digits.core.db import session
+from digits.core.schema import Chunk, Item, ItemError
 from scheduler.batches import Enqueued, enqueue_csv, enqueue_files, image_files
-from scheduler.queue import send_chunks
-from scheduler.runner import wait_for
 from tests.conftest import write_csv
 from tests.faultkit import (
     PrivatePostgres,
@@ -36,6 +35,7 @@ from tests.faultkit import (
     wait_until,
     write_scans,
 )
+from worker.publish import send_chunks
 
 #: real worker processes, signals and servers: the full suite only (CONTRIBUTING.md)
 pytestmark = pytest.mark.slow
@@ -55,7 +55,7 @@ HANG_MARK = b"DIGITS-TEST-HANG!"
 #: starts with HANG_MARK never returns, as a decoder stuck in a loop would.
 CRASH_HOOK = f"""
 import os, signal, time
-import worker.images as _images
+import digits.core.images as _images
 
 _decode = _images.image_to_tensor
 
@@ -256,7 +256,7 @@ def test_postgres_stopped_20s_mid_run_every_batch_completes_exactly_once(
     setup_backend("services", request, monkeypatch)  # private Redis too
     monkeypatch.setenv("DIGITS_DATABASE_URL", private_postgres.create_database("digits"))
     reload_settings()
-    from digits.db import upgrade
+    from digits.core.db import upgrade
 
     upgrade()
     worker = worker_factory()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from worker.preprocess import rows_to_tensor
+from digits.core.preprocess import rows_to_tensor
 from worker.results import prediction_rows, shape
 
 

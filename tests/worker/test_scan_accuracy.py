@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from digits.core.images import Rejected, image_to_tensor
+from digits.core.preprocess import rows_to_tensor
+from digits.core.synthetic_scans import render_scan
 from model_store.data import load_split
+from model_store.inference import predict
 from model_store.loading import load
 from model_store.registry import default_version
 from tests.conftest import KAGGLE_TRAIN as TRAIN
-from worker.classify import predict
-from worker.images import Rejected, image_to_tensor
-from worker.preprocess import rows_to_tensor
-from worker.scan_synth import render_scan
 
 #: real worker processes, signals and servers: the full suite only (CONTRIBUTING.md)
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from digits.settings import get_settings
+from digits.core.settings import get_settings
 from model_store.registry import ModelVersion, get_version
 
 log = logging.getLogger("digits.worker")

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import inspect, text
 
-from digits.db import check, get_engine, session, upgrade
-from digits.schema import Base, Batch
+from digits.core.db import check, get_engine, session, upgrade
+from digits.core.schema import Base, Batch
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def url(request: pytest.FixtureRequest, home: object) -> str:
     if request.param == "postgresql":
         return str(request.getfixturevalue("pg_url"))
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
 
     return get_settings().db_url
 
@@ -40,7 +40,7 @@ def test_check_reports_missing_migrations(url: str) -> None:
 
 
 def test_timestamps_round_trip_as_utc(url: str) -> None:
-    from digits.db import aware
+    from digits.core.db import aware
 
     upgrade(url)
     with session(write=True, url=url) as sess:

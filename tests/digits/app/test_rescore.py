@@ -11,17 +11,17 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from digits.db import session
-from digits.schema import Chunk, Item, Prediction
+from digits.app.rescore import RescoreError, rescore
+from digits.core.db import session
+from digits.core.schema import Chunk, Item, Prediction
 from model_store.registry import ModelVersion, default_version, register
-from model_store.rescore import RescoreError, rescore
 from tests.conftest import SAMPLE, write_csv
 
 
 @pytest.fixture(autouse=True)
 def empty_model_cache() -> Iterator[None]:
     """Version numbers restart in every test's fresh home: never reuse another test's model."""
-    from worker.classify import evict_idle
+    from model_store.inference import evict_idle
 
     evict_idle(max_idle=-1)
     yield
@@ -32,9 +32,9 @@ def fitted_mlp(tmp: Path) -> ModelVersion:
     """A truly different model: the origin's MLP after one epoch on the 200 sample rows."""
     import keras
 
+    from digits.core.csv_input import read_labelled
+    from digits.core.preprocess import rows_to_tensor
     from model_store.architectures import build_mlp
-    from scheduler.csv_input import read_labelled
-    from worker.preprocess import rows_to_tensor
 
     keras.utils.set_random_seed(0)
     pixels, labels = read_labelled(SAMPLE)
@@ -112,7 +112,7 @@ def test_rescore_adds_predictions_beside_the_old_ones_and_reports_agreement(
 
 def test_missing_image_is_reported_not_fatal(home: Path, sample_rows: list[str],
                                              tmp_path: Path) -> None:
-    from digits.db import upgrade
+    from digits.core.db import upgrade
 
     upgrade()
     batch_id = scored_batch("images", sample_rows, tmp_path, rows=20)
@@ -123,7 +123,7 @@ def test_missing_image_is_reported_not_fatal(home: Path, sample_rows: list[str],
 
 def test_rescore_refuses_what_it_cannot_compare(home: Path, sample_rows: list[str],
                                                 tmp_path: Path) -> None:
-    from digits.db import upgrade
+    from digits.core.db import upgrade
     from scheduler.batches import enqueue_csv
 
     upgrade()
@@ -147,7 +147,7 @@ def test_cli_rescore_prints_agreement_and_changed_items(home: Path, sample_rows:
     from typer.testing import CliRunner
 
     from digits.cli import app
-    from digits.db import upgrade
+    from digits.core.db import upgrade
 
     upgrade()
     batch_id = scored_batch("csv", sample_rows, tmp_path, rows=40)

@@ -21,16 +21,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from worker.images import (
+from digits.core.images import (
     ACCEPTED_FORMATS,
     Rejected,
     decode_image,
     image_to_tensor,
     normalize_digit,
 )
-from worker.scan_synth import EXTENSIONS, FORMAT_MODES, render_scan
+from digits.core.synthetic_scans import EXTENSIONS, FORMAT_MODES, render_scan
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SAMPLES = (
     ROOT / "tests" / "data" / "sample_labelled.csv",
     ROOT / "digits" / "samples" / "sample.csv.gz",

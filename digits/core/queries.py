@@ -8,10 +8,19 @@ from typing import Any
 
 from sqlalchemy import case, func, select
 
-from digits.db import aware, session
-from digits.processes import owner_alive
-from digits.schema import Batch, Chunk, Export, Item, ItemError, Prediction, WorkerHeartbeat, utcnow
-from digits.settings import get_settings
+from digits.core.db import aware, session
+from digits.core.processes import owner_alive
+from digits.core.schema import (
+    Batch,
+    Chunk,
+    Export,
+    Item,
+    ItemError,
+    Prediction,
+    WorkerHeartbeat,
+    utcnow,
+)
+from digits.core.settings import get_settings
 
 WORKER_STALE_SECONDS = 20
 

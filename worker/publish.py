@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import update
 
-from digits.db import session
-from digits.schema import Chunk, utcnow
+from digits.core.db import session
+from digits.core.schema import Chunk, utcnow
 
 
 def send_chunks(chunk_ids: list[int]) -> None:

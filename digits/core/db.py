@@ -17,9 +17,9 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session
 
-from digits.settings import get_settings
+from digits.core.settings import get_settings
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 _engines: dict[tuple[str, int], Engine] = {}
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from digits.queries import BatchProgress, batch_progress, connected_workers
-from digits.settings import get_settings
+from digits.core.queries import BatchProgress, batch_progress, connected_workers
+from digits.core.settings import get_settings
 from scheduler.batches import SourceError, enqueue_path
 
 
@@ -78,8 +78,8 @@ def wait_for(batch_ids: list[int], timeout: float, progress: Any = None,
     """Poll until every batch is done or failed; sweep as we go; keep local workers alive."""
     from sqlalchemy.exc import DBAPIError
 
-    from scheduler.sweeper import sweep
     from worker.heartbeat import sweeper_beat
+    from worker.sweeper import sweep
 
     settings = get_settings()
     deadline = time.monotonic() + timeout
@@ -127,7 +127,7 @@ def run_paths(paths: list[Path], workers: int | None = None, timeout: float = 36
     interrupted half-way can say what it leaves behind."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from worker.local import start_workers, stop_workers
+    from digits.app.supervision import start_workers, stop_workers
 
     settings = get_settings()
     missing = [str(p) for p in paths if not p.exists()]

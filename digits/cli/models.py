@@ -1,103 +1,23 @@
-"""The `digits` command: one group of thin commands over library functions.
-
-Heavy imports (TensorFlow, Celery, Alembic) happen inside the commands that need them, so
-`digits --help`, `status`, `results` and `export` start in a fraction of a second.
-"""
+"""`digits train`, `digits models …` and `digits rescore`: versions, aliases, training."""
 
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(
-    help="digits: batch scoring of handwritten digits (CSV and scans in, SQL and Kaggle out).",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-)
-db_app = typer.Typer(help="Database schema: migrate and check.", no_args_is_help=True)
-models_app = typer.Typer(help="Model versions and aliases.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
-app.add_typer(models_app, name="models")
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+from digits.cli.common import JsonOpt, QuietOpt, app, console, fail, models_app
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
-    typer.secho(f"error: {message}", fg="red", err=True)
-    return typer.Exit(code)
-
-
-#: PostgreSQL's SQLSTATEs for a table, column or schema the query names but the database
-#: lacks (undefined_table, undefined_column, invalid_schema_name), and SQLite's own words.
-MISSING_SCHEMA_STATES = frozenset({"42P01", "42703", "3F000"})
-MISSING_SCHEMA_SQLITE = ("no such table", "no such column")
-
-
-def db_problem(exc: Exception) -> str:
-    """The database's own first line, without the SQL statement SQLAlchemy appends; the
-    `digits db upgrade` hint only when the schema is really missing or older than the code
-    (decided by the driver's error code, not by words such as "does not exist", which
-    PostgreSQL also uses for an unknown role or database)."""
-    orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip()
-    first = text.splitlines()[0] if text else type(orig).__name__
-    name = type(orig).__name__
-    if (getattr(orig, "sqlstate", None) in MISSING_SCHEMA_STATES
-            or (type(orig).__module__ == "sqlite3" and first.startswith(MISSING_SCHEMA_SQLITE))):
-        return f"the database has no or an older digits schema ({first}); " \
-               "run `digits db upgrade` first"
-    return f"cannot read the database: {name}: {first}"
-
-
-def console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-def stdout_console() -> Any:
-    """Tables for stdout; wide when piped, so `digits status | grep` does not get '…' cells."""
-    from rich.console import Console
-
-    return Console(width=None if sys.stdout.isatty() else 200)
-
-
-# ---------------------------------------------------------------- database
-@db_app.command("upgrade")
-def db_upgrade() -> None:
-    """Apply all migrations (creates the database on first use)."""
-    from digits.db import upgrade
-    from digits.settings import get_settings
-
-    upgrade()
-    typer.echo(f"database at head: {get_settings().db_url.split('@')[-1]}")
-
-
-@db_app.command("check")
-def db_check() -> None:
-    """Exit non-zero when the database, the migrations and the models disagree."""
-    from digits.db import check
-
-    problem = check()
-    if problem:
-        raise fail(f"schema drift: {problem}")
-    typer.echo("schema ok: database at head and models match the migrations")
-
-
-# ---------------------------------------------------------------- models
 def _labelled_data(data: Path | None) -> Path:
     """The labelled Kaggle CSV a model command works on: ``--data`` or DIGITS_DATA."""
-    from digits.settings import get_settings
+    from digits.core.settings import get_settings
 
     source = data or get_settings().data
     if source is None:
@@ -175,9 +95,9 @@ def train(
         TimeRemainingColumn,
     )
 
+    from digits.core.csv_input import CsvFileError
     from model_store.training import TrainConfig
     from model_store.training import train as run_training
-    from scheduler.csv_input import CsvFileError
 
     config = TrainConfig(arch=arch, epochs=epochs, seed=seed, max_minutes=max_minutes,
                          ensemble=ensemble, jobs=jobs, precision=precision, elastic=elastic,
@@ -361,7 +281,7 @@ def models_promote(
     as_json: JsonOpt = False,
 ) -> None:
     """Verify, safely load and score a version on the golden set, then point an alias at it."""
-    from digits.db import upgrade
+    from digits.core.db import upgrade
     from model_store.promotion import PromotionError, promote
 
     upgrade()
@@ -389,7 +309,7 @@ def models_promote(
 @models_app.command("rollback")
 def models_rollback(alias: AliasOpt = "production") -> None:
     """Point an alias back at the version it named before its last move."""
-    from digits.db import upgrade
+    from digits.core.db import upgrade
     from model_store.aliases import AliasError, rollback
 
     upgrade()
@@ -416,9 +336,9 @@ def models_evaluate(
     for an ensemble also each member's errors, how many of the ensemble's every member shares,
     and which rows it gets wrong."""
     source = _labelled_data(data)
+    from digits.core.csv_input import CsvFileError
     from model_store.registry import ModelError, get_version
     from model_store.training import measure
-    from scheduler.csv_input import CsvFileError
 
     try:
         with console().status(f"scoring v{version} on the held-out rows of {source.name}"
@@ -482,8 +402,8 @@ def rescore(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     from sqlalchemy.exc import DBAPIError
 
-    from model_store.rescore import RescoreError
-    from model_store.rescore import rescore as run_rescore
+    from digits.app.rescore import RescoreError
+    from digits.app.rescore import rescore as run_rescore
 
     try:  # the bar is transient: an error or the summary is what stays on screen
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -519,420 +439,3 @@ def rescore(
                    f"({c.new_confidence:.3f}){truth}")
     if len(result.changed) > limit:
         typer.echo(f"  … {len(result.changed) - limit} more (use --json for all)")
-
-
-# ---------------------------------------------------------------- scoring
-@app.command()
-def enqueue(
-    paths: Annotated[list[Path], typer.Argument(help="CSV files or folders of images.")],
-    model: Annotated[int | None, typer.Option(help="Pin this model version.")] = None,
-) -> None:
-    """Turn inputs into batches and queue them for the workers; prints one batch id per input."""
-    from sqlalchemy.exc import DBAPIError
-
-    from digits.db import upgrade
-    from scheduler.batches import SourceError, enqueue_path
-
-    upgrade()
-    failed = False
-    batch_ids: list[int] = []
-    with interruptible(batch_ids):
-        for path in paths:
-            try:
-                done = enqueue_path(path, model)
-            except SourceError as exc:
-                typer.secho(f"error: {exc}", fg="red", err=True)
-                failed = True
-                continue
-            except DBAPIError as exc:
-                _report_left_behind(batch_ids)
-                raise fail(db_problem(exc)) from exc
-            batch_ids.append(done.batch_id)
-            typer.echo(done.batch_id)
-            if done.failed:
-                typer.secho(f"batch {done.batch_id} failed: {done.failed}", fg="red", err=True)
-                failed = True
-    if failed:
-        raise typer.Exit(1)
-
-
-def _report_left_behind(batch_ids: list[int]) -> None:
-    from scheduler.ingestion import left_behind
-
-    try:
-        for batch in left_behind(batch_ids):
-            typer.secho(batch.line(), fg="yellow", err=True)
-    except Exception as exc:  # the database itself may be why we stopped
-        typer.secho(f"cannot list what is left: {db_problem(exc)}", fg="red", err=True)
-
-
-@contextmanager
-def interruptible(batch_ids: list[int]) -> Iterator[None]:
-    """Ctrl-C or SIGTERM while enqueueing or waiting: say what is left behind (a batch half
-    ingested: resume or cancel it; batches queued: a worker finishes them) and exit 130,
-    instead of a traceback and a batch that looks complete."""
-    import signal
-
-    def terminate(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    except KeyboardInterrupt:
-        typer.secho("interrupted", fg="red", err=True)
-        _report_left_behind(batch_ids)
-        raise typer.Exit(130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@app.command()
-def worker(
-    concurrency: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
-    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
-    exit_with_parent: Annotated[int | None, typer.Option(
-        help="Warm shutdown once process PID is no longer this worker's parent (what "
-        "`digits run` and `digits up` pass, so their workers never outlive them).")] = None,
-) -> None:
-    """Run a Celery worker (prefork) that scores chunks."""
-    import signal
-
-    from digits.processes import watch_parent
-    from digits.settings import get_settings
-    from worker.celery_app import QUEUE
-    from worker.celery_app import app as celery_app
-
-    if exit_with_parent is not None:
-        if os.getppid() != exit_with_parent:
-            raise fail(f"--exit-with-parent {exit_with_parent}: that is not this process's "
-                       "parent (already gone?)")
-        watch_parent(exit_with_parent, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    n = concurrency or get_settings().workers
-    # A node name per process (Celery's default is celery@<host> for all): `digits up` and
-    # `digits run` start several workers on one host, and remote control (`celery inspect`)
-    # must be able to tell them apart. Same host:pid as the heartbeat `digits status` shows.
-    node = f"digits-{os.getpid()}@%h"
-    celery_app.worker_main(["worker", "--pool", "prefork", "--concurrency", str(n), "-Q", QUEUE,
-                            "--hostname", node, "--loglevel", loglevel, "--without-gossip",
-                            "--without-mingle"])
-
-
-@app.command()
-def scheduler(
-    beat: Annotated[bool, typer.Option(help="Also run Celery beat (nightly export).")] = True,
-) -> None:
-    """Watch the inbox, sweep expired leases, and schedule the nightly export (foreground)."""
-    import logging
-    import threading
-
-    from digits.db import upgrade
-    from scheduler.service import install_stop_handlers, run_scheduler
-
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    upgrade()
-    stop = threading.Event()
-    install_stop_handlers(stop)
-    run_scheduler(stop, beat=beat)
-
-
-@app.command()
-def up(
-    workers: Annotated[int | None, typer.Option(help="Local worker processes.")] = None,
-) -> None:
-    """Service mode on this machine: scheduler + beat + N workers; Ctrl-C stops cleanly."""
-    import logging
-
-    from digits.db import upgrade
-    from digits.settings import get_settings
-    from scheduler.service import up as run_up
-
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    upgrade()
-    settings = get_settings()
-    typer.echo(f"digits up: inbox {settings.inbox_dir}, exports {settings.exports_dir}, "
-               f"{workers or settings.workers} workers; Ctrl-C to stop")
-    run_up(workers)
-
-
-@app.command()
-def run(
-    paths: Annotated[list[Path], typer.Argument(help="CSV files or folders of images.")],
-    out: Annotated[Path | None, typer.Option(help="Also write the Kaggle submission here.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Local worker processes to start.")] = None,
-    timeout: Annotated[float, typer.Option(help="Give up waiting after this many seconds.")]
-    = 3600.0,
-    model: Annotated[int | None, typer.Option(help="Pin this model version.")] = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
-    """Score inputs now: enqueue, start local workers if none is connected, wait, summarise."""
-    from sqlalchemy.exc import DBAPIError
-
-    from digits.db import upgrade
-    from scheduler.runner import run_paths
-
-    upgrade()
-    created: list[int] = []
-    try:
-        with interruptible(created):
-            summary = run_paths(paths, workers=workers, timeout=timeout, model=model, out=out,
-                                show_progress=not (quiet or as_json), console=console(),
-                                created=created)
-    except (ValueError, TimeoutError) as exc:
-        raise fail(str(exc)) from exc
-    except DBAPIError as exc:
-        _report_left_behind(created)
-        raise fail(db_problem(exc)) from exc
-    if as_json:
-        typer.echo(json.dumps(summary.as_json()))
-    else:
-        summary.print(console())
-    if not summary.ok:
-        raise typer.Exit(1)
-
-
-@app.command()
-def resume(
-    batch: Annotated[int, typer.Argument(help="The interrupted batch.")],
-    quiet: QuietOpt = False,
-) -> None:
-    """Finish ingesting a batch whose `digits run`/`enqueue` was interrupted, from where it
-    stopped (workers then score it as usual)."""
-    from rich.progress import Progress, TextColumn, TimeElapsedColumn
-
-    from scheduler.ingestion import IngestionError, resume_batch
-
-    try:
-        with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=console(),
-                      disable=quiet, transient=True) as bar:
-            task = bar.add_task(f"resuming batch {batch}", total=None)
-
-            def progress(rows: int) -> None:
-                bar.update(task, description=f"batch {batch}: {rows:,} rows in")
-
-            done, after = resume_batch(batch, progress)
-    except IngestionError as exc:
-        raise fail(str(exc)) from exc
-    if done.failed:
-        raise fail(f"batch {batch} failed: {done.failed}")
-    typer.echo(f"batch {batch}: resumed after row {after:,}; {done.items:,} items in "
-               f"{done.chunks} chunks ({done.errors} refused), queued for the workers")
-
-
-@app.command()
-def cancel(
-    batch: Annotated[int, typer.Argument(help="The batch to stop.")],
-) -> None:
-    """Stop a batch: its chunks stop, it is marked cancelled, what was scored stays."""
-    from scheduler.ingestion import IngestionError, cancel_batch
-
-    try:
-        done = cancel_batch(batch)
-    except IngestionError as exc:
-        raise fail(str(exc)) from exc
-    typer.echo(f"batch {batch} cancelled (was {done.was}): {done.predicted:,} predictions "
-               f"kept, {done.unscored:,} items not scored")
-
-
-@app.command()
-def status(
-    batch: Annotated[int | None, typer.Option(help="Only this batch.")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Queues, connected workers, batches in progress, and the last exports."""
-    from digits.queries import batch_progress, connected_workers, last_exports, queue_depth
-
-    try:
-        progress = batch_progress([batch] if batch else None,
-                                  active_only=False) if batch else batch_progress()[-10:]
-        info: dict[str, Any] = {"queue": queue_depth(), "workers": connected_workers(),
-                "batches": [p.as_dict() for p in progress], "exports": last_exports(3)}
-    except Exception as exc:  # no database yet, or unreachable
-        raise fail(db_problem(exc)) from exc
-    if batch and not progress:
-        raise fail(f"batch {batch} does not exist")
-    if as_json:
-        typer.echo(json.dumps(info, indent=2, default=str))
-        return
-    from rich.table import Table
-
-    out = stdout_console()
-    queue = info["queue"]
-    out.print(f"queue: {queue.get('queued', 0)} chunks queued, {queue.get('running', 0)} running; "
-              f"workers connected: {len(info['workers'])}")
-    table = Table("batch", "status", "kind", "model", "items", "predicted", "errors", "progress",
-                  "seconds", "source")
-    for p in progress:
-        table.add_row(str(p.batch_id), p.shown_status, p.kind, f"v{p.model_version}",
-                      str(p.items), str(p.predicted), str(p.errors), p.progress,
-                      f"{p.seconds:.1f}", Path(p.source).name)
-    out.print(table)
-    for p in progress:
-        if p.ingest == "interrupted":
-            out.print(f"batch {p.batch_id} was interrupted while ingesting {Path(p.source).name}"
-                      f" ({p.items:,} rows in): `digits resume {p.batch_id}` finishes it, "
-                      f"`digits cancel {p.batch_id}` drops it")
-    for e in info["exports"]:
-        out.print(f"export: batch {e['batch_id']} → {e['path']} ({e['rows']} rows, "
-                  f"{e['trigger']}, {e['created_at']})")
-
-
-@app.command()
-def results(
-    batch: Annotated[int | None, typer.Option(help="Only this batch.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
-    below_confidence: Annotated[float | None, typer.Option(
-        help="Only predictions with calibrated confidence below this.")] = None,
-    source: Annotated[str | None, typer.Option(help="Only items whose source contains this.")]
-    = None,
-    limit: Annotated[int | None, typer.Option(help="At most this many rows.")] = None,
-) -> None:
-    """Predictions per item: label, calibrated confidence, model version, source, errors."""
-    from digits.queries import RESULT_COLUMNS
-    from digits.queries import results as query
-
-    if fmt not in ("table", "csv", "json"):
-        raise fail("--format must be table, csv or json")
-    if limit is not None and limit < 1:
-        raise fail(f"--limit must be at least 1, not {limit}", 2)
-    try:
-        rows = query(batch, below_confidence, limit, source)
-    except Exception as exc:  # no database yet, or unreachable
-        raise fail(db_problem(exc)) from exc
-    if fmt == "json":
-        typer.echo(json.dumps(rows, indent=1))
-    elif fmt == "csv":
-        import csv
-
-        writer = csv.DictWriter(sys.stdout, RESULT_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    else:
-        from rich.table import Table
-
-        table = Table(*RESULT_COLUMNS[:11])
-        for r in rows:
-            table.add_row(*("" if r[c] is None else
-                            f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c])
-                            for c in RESULT_COLUMNS[:11]))
-        out = stdout_console()
-        out.print(table)
-
-
-@app.command()
-def export(
-    batch: Annotated[int | None, typer.Option(help="Batch to export.")] = None,
-    out: Annotated[Path, typer.Option(help="Submission file to write.")] = Path("submission.csv"),
-    model: Annotated[int | None, typer.Option(help="Export this version's predictions.")] = None,
-    partial: Annotated[bool, typer.Option(help="Write labelled rows even if some lack one.")]
-    = False,
-    manifest: Annotated[bool, typer.Option(help="Also write <out>.manifest.json.")] = False,
-    since_last: Annotated[bool, typer.Option(
-        "--since-last", help="Instead of one batch: every finished batch not exported yet, "
-        "into DIGITS_EXPORT_DIR/<date>/batch-<id>/ (what the nightly export does).")] = False,
-) -> None:
-    """Write a Kaggle submission (ImageId,Label) for a finished batch, atomically."""
-    from scheduler.export import ExportError, export_batch
-
-    if since_last:
-        if batch is not None or model is not None:
-            raise fail("--since-last exports every pending batch with its pinned model: "
-                       "drop --batch/--model")
-        from scheduler.export import export_pending
-
-        try:
-            written = export_pending(trigger="manual")
-        except Exception as exc:  # no database yet, or unreachable
-            raise fail(db_problem(exc)) from exc
-        if not written:
-            typer.echo("nothing to export: every finished batch has already been exported")
-        for e in written:
-            plural = "s" if e.errors != 1 else ""
-            errors = f", {e.errors} item error{plural} listed in the manifest" if e.errors else ""
-            typer.echo(f"batch {e.batch_id}: {e.rows}/{e.items} rows{errors} → {e.submission} "
-                       f"(+ {e.manifest.name}, sha256 {e.sha256[:16]}…)")
-        return
-    if batch is None:
-        raise fail("pass --batch N (one batch, to --out) or --since-last (every finished batch "
-                   "not exported yet)")
-    try:
-        path, rows, sha = export_batch(batch, out, model, partial, manifest)
-    except ExportError as exc:
-        raise fail(str(exc)) from exc
-    except Exception as exc:  # no database yet, or unreachable
-        raise fail(db_problem(exc)) from exc
-    typer.echo(f"wrote {rows} rows to {path} (sha256 {sha[:16]}…)")
-
-
-@app.command()
-def report(
-    batch: Annotated[int, typer.Option(help="Batch to report on.")],
-    out: Annotated[Path, typer.Option(help="Folder for index.html and the PNG plots.")]
-    = Path("report"),
-    grid: Annotated[int, typer.Option(min=1, max=64, help="Least-confident items to show.")]
-    = 16,
-) -> None:
-    """Plots (labels, confidence, least-confident items, confusion matrix) and index.html."""
-    from sqlalchemy.exc import DBAPIError
-
-    from scheduler.report import ReportError, build_report
-
-    try:
-        done = build_report(batch, out, grid)
-    except ReportError as exc:
-        raise fail(str(exc)) from exc
-    except DBAPIError as exc:  # no database yet, or unreachable
-        raise fail(db_problem(exc)) from exc
-    accuracy = f"; accuracy {done.accuracy:.2%}" if done.accuracy is not None else ""
-    typer.echo(f"wrote {done.index} with {', '.join(p.name for p in done.images.values())}"
-               f"{accuracy}")
-
-
-@app.command()
-def bench(
-    data: Annotated[Path | None, typer.Option(help="Kaggle CSV to score.")] = None,
-    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
-    seed_sample: Annotated[int, typer.Option(help="Images for the origin's per-image loop.")]
-    = 300,
-    images: Annotated[int, typer.Option(
-        help="Image mode: score this many generated ~300x300 JPEG scans instead of a CSV.")] = 0,
-    as_json: JsonOpt = False,
-) -> None:
-    """Benchmark: end-to-end vs model-only ceiling vs the origin's one-predict-per-image loop."""
-    from scheduler.bench import run_bench
-
-    try:
-        report = run_bench(data, workers=workers, seed_sample=seed_sample, quiet=as_json,
-                           images=images)
-    except (ValueError, TimeoutError) as exc:
-        raise fail(str(exc)) from exc
-    typer.echo(json.dumps(report, indent=None if as_json else 2))
-
-
-def main() -> None:
-    """Entry point: settings are checked first, so a bad DIGITS_* value is one clear line."""
-    from pydantic import ValidationError
-
-    from digits.settings import get_settings
-
-    try:
-        get_settings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"DIGITS_{'_'.join(str(p) for p in e['loc']).upper() or 'SETTINGS'}: {e['msg']}"
-            for e in exc.errors()
-        )
-        typer.secho(f"error: invalid settings: {problems}", fg="red", err=True)
-        raise SystemExit(2) from None
-    from model_store.registry import ModelError  # stdlib and settings only: no start-up cost
-
-    try:
-        app()
-    except ModelError as exc:  # e.g. the production alias names a version not installed here
-        typer.secho(f"error: {exc}", fg="red", err=True)
-        raise SystemExit(1) from None
-
-
-if __name__ == "__main__":
-    main()

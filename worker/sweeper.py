@@ -12,11 +12,11 @@ from datetime import timedelta
 
 from sqlalchemy import and_, or_, select
 
-from digits.db import session
-from digits.schema import Batch, Chunk, utcnow
-from digits.settings import get_settings
-from scheduler.queue import send_chunks
-from scheduler.work import ACTIVE_BATCH, complete_batch_if_finished, quarantine
+from digits.core.db import session
+from digits.core.schema import Batch, Chunk, utcnow
+from digits.core.settings import get_settings
+from digits.core.state_machine import ACTIVE_BATCH, complete_batch_if_finished, quarantine
+from worker.publish import send_chunks
 
 
 @dataclass

@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from digits.settings import get_settings
+from digits.app.runner import wait_for
+from digits.core.csv_input import read_blocks
+from digits.core.settings import get_settings
 from model_store.aliases import resolve_active
 from scheduler.batches import enqueue_csv
-from scheduler.csv_input import read_blocks
-from scheduler.runner import wait_for
 
-SAMPLE = Path(__file__).resolve().parent.parent / "digits" / "samples" / "sample.csv.gz"
+SAMPLE = Path(__file__).resolve().parents[2] / "digits" / "samples" / "sample.csv.gz"
 
 
 def load_pixels(path: Path) -> np.ndarray:
@@ -32,9 +32,9 @@ def load_pixels(path: Path) -> np.ndarray:
 
 
 def end_to_end(data: Path, workers: int, timeout: float) -> dict[str, Any]:
-    from digits.db import upgrade
-    from digits.queries import connected_workers
-    from worker.local import start_workers, stop_workers
+    from digits.app.supervision import start_workers, stop_workers
+    from digits.core.db import upgrade
+    from digits.core.queries import connected_workers
 
     settings = get_settings()
     upgrade()
@@ -61,8 +61,8 @@ def end_to_end(data: Path, workers: int, timeout: float) -> dict[str, Any]:
 
 
 def model_only(version: int, pixels: np.ndarray, batch_size: int) -> float:
-    from worker.classify import predict
-    from worker.preprocess import rows_to_tensor
+    from digits.core.preprocess import rows_to_tensor
+    from model_store.inference import predict
 
     model = _load(version)
     tensor = rows_to_tensor(pixels)
@@ -75,7 +75,7 @@ def model_only(version: int, pixels: np.ndarray, batch_size: int) -> float:
 
 def seed_loop(version: int, pixels: np.ndarray) -> float:
     """The origin notebook's serving loop: ``model.predict`` once per image."""
-    from worker.preprocess import rows_to_tensor
+    from digits.core.preprocess import rows_to_tensor
 
     model = _load(version)
     tensor = rows_to_tensor(pixels)
@@ -95,8 +95,8 @@ def _load(version: int) -> Any:
 
 def generate_scans(folder: Path, count: int, size: int = 300, seed: int = 0) -> list[int]:
     """Write ``count`` realistic JPEG scans (from the shipped sample's labelled rows)."""
-    from scheduler.csv_input import read_labelled
-    from worker.scan_synth import render_scan
+    from digits.core.csv_input import read_labelled
+    from digits.core.synthetic_scans import render_scan
 
     pixels, labels = read_labelled(SAMPLE)
     rng = np.random.default_rng(seed)
@@ -115,10 +115,10 @@ def image_bench(count: int, workers: int, size: int = 300, timeout: float = 1800
     """End-to-end scans/s on a generated folder of ~size×size JPEG scans (warm workers)."""
     import tempfile
 
-    from digits.db import upgrade
-    from digits.queries import connected_workers
+    from digits.app.supervision import start_workers, stop_workers
+    from digits.core.db import upgrade
+    from digits.core.queries import connected_workers
     from scheduler.batches import enqueue_files, image_files
-    from worker.local import start_workers, stop_workers
 
     settings = get_settings()
     upgrade()
@@ -143,7 +143,7 @@ def image_bench(count: int, workers: int, size: int = 300, timeout: float = 1800
             seconds = time.perf_counter() - started
         finally:
             stop_workers(proc)
-    from digits.queries import results
+    from digits.core.queries import results
 
     rows = results(done.batch_id)
     correct = sum(1 for r in rows if r["label"] == truth[r["image_id"] - 1])

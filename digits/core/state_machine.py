@@ -11,8 +11,8 @@ from datetime import datetime
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
-from digits.db import insert_ignore
-from digits.schema import Batch, Chunk, Item, ItemError, utcnow
+from digits.core.db import insert_ignore
+from digits.core.schema import Batch, Chunk, Item, ItemError, utcnow
 
 TERMINAL_CHUNK = ("done", "quarantined", "cancelled")
 ACTIVE_BATCH = ("enqueueing", "running")

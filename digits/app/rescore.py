@@ -70,9 +70,9 @@ class _ChunkRef:
 def _csv_inputs(ref: str, chunk_items: list[tuple[int, str]],
                 wanted: set[int]) -> tuple[list[int], NDArray[np.float32]]:
     """A CSV chunk's staged rows for the wanted items (rows follow item position order)."""
-    from digits.settings import get_settings
+    from digits.core.preprocess import rows_to_tensor
+    from digits.core.settings import get_settings
     from worker.chunks import inside
-    from worker.preprocess import rows_to_tensor
 
     staging = get_settings().staging_dir
     staged = staging / ref
@@ -98,12 +98,12 @@ def rescore(batch_id: int, version: int, progress: ProgressFn | None = None) -> 
     """
     from sqlalchemy import func, select
 
-    from digits.db import insert_ignore, session
-    from digits.schema import Batch, Chunk, Item, Prediction
-    from digits.settings import get_settings
+    from digits.core.db import insert_ignore, session
+    from digits.core.schema import Batch, Chunk, Item, Prediction
+    from digits.core.settings import get_settings
+    from model_store.inference import model_for, predict
     from model_store.registry import ModelError
     from worker.chunks import Claim, read_images
-    from worker.classify import model_for, predict
     from worker.results import prediction_rows, shape
 
     with session() as sess:

@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model_store.registry import default_version
-from scheduler.batches import enqueue_csv, enqueue_files, image_files
-from scheduler.report import (
+from digits.app.report import (
     Row,
     accuracy,
     confusion,
@@ -23,9 +21,11 @@ from scheduler.report import (
     least_confident,
     render_html,
 )
-from scheduler.runner import wait_for
+from digits.app.runner import wait_for
+from digits.core.synthetic_scans import render_scan
+from model_store.registry import default_version
+from scheduler.batches import enqueue_csv, enqueue_files, image_files
 from tests.conftest import write_csv
-from worker.scan_synth import render_scan
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

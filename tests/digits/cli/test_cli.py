@@ -137,7 +137,7 @@ def test_an_older_schema_suggests_db_upgrade(backend: str) -> None:
     exist" (SQLSTATE 42703)."""
     from sqlalchemy import text
 
-    from digits.db import get_engine
+    from digits.core.db import get_engine
 
     with get_engine().begin() as conn:
         conn.execute(text("ALTER TABLE predictions DROP COLUMN margin"))
@@ -172,8 +172,8 @@ def test_enqueue_records_a_huge_value_as_a_row_error_and_goes_on(
     leaving the batch `enqueueing` and never enqueueing the next file on the command line."""
     from sqlalchemy import select
 
-    from digits.db import session
-    from digits.schema import Batch, Item, ItemError
+    from digits.core.db import session
+    from digits.core.schema import Batch, Item, ItemError
 
     huge = sample_rows[2].split(",")
     huge[6] = str(2**64)  # label first, so field 6 is pixel5

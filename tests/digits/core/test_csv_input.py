@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scheduler.csv_input import (
+from digits.core.csv_input import (
     PIXEL_HEADER,
     CsvFileError,
     parse_block,

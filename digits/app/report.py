@@ -27,9 +27,9 @@ import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import select
 
-from digits.db import session
-from digits.schema import Batch, Chunk, Item, ItemError, Prediction
-from digits.settings import get_settings
+from digits.core.db import session
+from digits.core.schema import Batch, Chunk, Item, ItemError, Prediction
+from digits.core.settings import get_settings
 
 DIGITS = list(range(10))
 GRID_ITEMS = 16
@@ -135,7 +135,7 @@ def file_pixels(item_ids: list[int]) -> dict[int, NDArray[np.float32]]:
     a file the preprocessing refuses is shown as the original, in grayscale."""
     from PIL import Image
 
-    from worker.images import Rejected, image_to_tensor
+    from digits.core.images import Rejected, image_to_tensor
 
     settings = get_settings()
     with session() as sess:

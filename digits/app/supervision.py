@@ -1,13 +1,21 @@
-"""Local worker processes for `digits run` and `digits up` (no servers needed)."""
+"""Local worker processes for `digits run`, and `digits up`: the scheduler and its workers
+in one foreground process tree (no servers needed)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+from digits.core.settings import get_settings
+from scheduler.service import install_stop_handlers, run_scheduler
+
+log = logging.getLogger("digits.scheduler")
 
 
 def start_workers(concurrency: int, log_file: Path | None = None) -> subprocess.Popen[bytes]:
@@ -32,3 +40,27 @@ def stop_workers(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def up(workers: int | None = None) -> None:
+    """Scheduler + local workers in the foreground; restarts a worker that dies."""
+    settings = get_settings()
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    logs = settings.home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    proc = start_workers(workers or settings.workers, logs / "worker.log")
+
+    def keep_workers() -> None:
+        nonlocal proc
+        while not stop.wait(2.0):
+            if proc.poll() is not None:
+                log.warning("worker exited (%s): restarting", proc.returncode)
+                proc = start_workers(workers or settings.workers, logs / "worker.log")
+
+    threading.Thread(target=keep_workers, daemon=True, name="keep-workers").start()
+    try:
+        run_scheduler(stop)
+    finally:
+        stop.set()
+        stop_workers(proc, timeout=60)
