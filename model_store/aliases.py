@@ -35,9 +35,13 @@ class AliasChange:
     moved: bool = True
 
     def as_dict(self) -> dict[str, object]:
-        return {"alias": self.alias, "from_version": self.from_version,
-                "to_version": self.to_version, "reason": self.reason,
-                "created_at": self.created_at.isoformat() if self.created_at else None}
+        return {
+            "alias": self.alias,
+            "from_version": self.from_version,
+            "to_version": self.to_version,
+            "reason": self.reason,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+        }
 
 
 def alias_target(alias: str) -> int | None:
@@ -77,8 +81,9 @@ def all_aliases() -> dict[int, list[str]]:
 
 def _check_name(alias: str) -> None:
     if not alias or len(alias) > 64 or not alias.replace("-", "").replace("_", "").isalnum():
-        raise AliasError(f"invalid alias name {alias!r}: use letters, digits, '-' or '_' "
-                         "(at most 64 characters)")
+        raise AliasError(
+            f"invalid alias name {alias!r}: use letters, digits, '-' or '_' (at most 64 characters)"
+        )
 
 
 def _check_version(version: int) -> None:
@@ -122,8 +127,15 @@ def set_alias(alias: str, version: int, reason: str = "") -> AliasChange:
         else:
             row.version = version
             row.updated_at = now
-        sess.add(AliasHistory(alias=alias, from_version=previous, to_version=version,
-                              reason=reason, created_at=now))
+        sess.add(
+            AliasHistory(
+                alias=alias,
+                from_version=previous,
+                to_version=version,
+                reason=reason,
+                created_at=now,
+            )
+        )
     return AliasChange(alias, previous, version, reason, now)
 
 
@@ -135,8 +147,7 @@ def history(alias: str = PRODUCTION, limit: int | None = None) -> list[AliasChan
     from digits.core.db import aware, session
     from digits.core.schema import AliasHistory
 
-    query = (select(AliasHistory).where(AliasHistory.alias == alias)
-             .order_by(AliasHistory.id.desc()))
+    query = select(AliasHistory).where(AliasHistory.alias == alias).order_by(AliasHistory.id.desc())
     if limit is not None:
         query = query.limit(limit)
     try:
@@ -144,8 +155,10 @@ def history(alias: str = PRODUCTION, limit: int | None = None) -> list[AliasChan
             rows = sess.scalars(query).all()
     except (OperationalError, ProgrammingError):
         return []
-    return [AliasChange(r.alias, r.from_version, r.to_version, r.reason, aware(r.created_at))
-            for r in rows]
+    return [
+        AliasChange(r.alias, r.from_version, r.to_version, r.reason, aware(r.created_at))
+        for r in rows
+    ]
 
 
 def rollback_target(moves: list[AliasChange]) -> int | None:
@@ -176,8 +189,10 @@ def rollback(alias: str = PRODUCTION) -> AliasChange:
         raise AliasError(f"alias {alias!r} has never been set: nothing to roll back")
     target = rollback_target(moves)
     if target is None:
-        raise AliasError(f"alias {alias!r} has no earlier version to roll back to "
-                         f"(it was first set to v{moves[-1].to_version})")
+        raise AliasError(
+            f"alias {alias!r} has no earlier version to roll back to "
+            f"(it was first set to v{moves[-1].to_version})"
+        )
     return set_alias(alias, target, ROLLBACK_REASON)
 
 
@@ -196,6 +211,8 @@ def resolve_active(requested: int | None = None) -> ModelVersion:
     try:
         return get_version(target)
     except ModelError as exc:  # e.g. a release that no longer bundles the version it names
-        raise ModelError(f"the production alias names version {target}, which is not installed "
-                         f"here; move it to an installed version (digits models list), e.g. "
-                         f"digits models promote {default_version().version}") from exc
+        raise ModelError(
+            f"the production alias names version {target}, which is not installed "
+            f"here; move it to an installed version (digits models list), e.g. "
+            f"digits models promote {default_version().version}"
+        ) from exc

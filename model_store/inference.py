@@ -61,8 +61,9 @@ def warm(model: Any) -> Any:
     return model
 
 
-def evict_idle(keep: int | None = None, max_idle: float = IDLE_SECONDS,
-               now: float | None = None) -> list[int]:
+def evict_idle(
+    keep: int | None = None, max_idle: float = IDLE_SECONDS, now: float | None = None
+) -> list[int]:
     """Drop cached versions unused for more than ``max_idle`` seconds (never ``keep``).
 
     Called right after a new version has loaded, so the swap is load-new-then-drop-old.
@@ -70,8 +71,7 @@ def evict_idle(keep: int | None = None, max_idle: float = IDLE_SECONDS,
     holds a reference (a chunk in progress keeps its own reference until it finishes).
     """
     now = time.monotonic() if now is None else now
-    stale = [v for v in _models
-             if v != keep and now - _last_used.get(v, now) > max_idle]
+    stale = [v for v in _models if v != keep and now - _last_used.get(v, now) > max_idle]
     for version in stale:
         del _models[version]
         _last_used.pop(version, None)

@@ -14,8 +14,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 
-def member_overlap(members: list[NDArray[np.floating]], ensemble: NDArray[np.floating],
-                   labels: NDArray[np.integer], rows: NDArray[np.integer]) -> dict[str, Any]:
+def member_overlap(
+    members: list[NDArray[np.floating]],
+    ensemble: NDArray[np.floating],
+    labels: NDArray[np.integer],
+    rows: NDArray[np.integer],
+) -> dict[str, Any]:
     """Each member's error count, the ensemble's wrong rows (``rows``: their 0-based data-row
     numbers in the source CSV), and how many of those every member gets wrong too."""
     wrong = ensemble.argmax(axis=1) != labels

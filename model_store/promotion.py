@@ -73,8 +73,14 @@ def current_target(alias: str) -> int | None:
     return target
 
 
-def promote(version: int, alias: str = PRODUCTION, tolerance: float = DEFAULT_TOLERANCE,
-            force: bool = False, golden: Path | None = None, reason: str = "") -> PromotionResult:
+def promote(
+    version: int,
+    alias: str = PRODUCTION,
+    tolerance: float = DEFAULT_TOLERANCE,
+    force: bool = False,
+    golden: Path | None = None,
+    reason: str = "",
+) -> PromotionResult:
     """Verify, load and score ``version``; move ``alias`` to it unless it is worse than the
     current target's golden accuracy minus ``tolerance`` (``force`` overrides only that).
 
@@ -127,7 +133,25 @@ def promote(version: int, alias: str = PRODUCTION, tolerance: float = DEFAULT_TO
 
     forced_version = get_settings().model_version
     if alias == PRODUCTION and forced_version is not None:
-        note = "; ".join(filter(None, [note, f"DIGITS_MODEL_VERSION={forced_version} still "
-                                             "overrides the production alias for new batches"]))
-    return PromotionResult(version, alias, previous, accuracy, baseline, len(labels),
-                           str(golden_path), forced, change.moved, note)
+        note = "; ".join(
+            filter(
+                None,
+                [
+                    note,
+                    f"DIGITS_MODEL_VERSION={forced_version} still "
+                    "overrides the production alias for new batches",
+                ],
+            )
+        )
+    return PromotionResult(
+        version,
+        alias,
+        previous,
+        accuracy,
+        baseline,
+        len(labels),
+        str(golden_path),
+        forced,
+        change.moved,
+        note,
+    )

@@ -15,8 +15,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 
-def confident_labels(probs: NDArray[np.floating], threshold: float
-                     ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+def confident_labels(
+    probs: NDArray[np.floating], threshold: float
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """(row indices, labels) of the rows whose top probability is at least ``threshold``:
     the teachers' answers that are kept as training labels. A confident teacher is rarely
     wrong, and the rows it hesitates on are where a wrong label would do most harm."""
@@ -25,8 +26,10 @@ def confident_labels(probs: NDArray[np.floating], threshold: float
 
 
 def _row_digests(pixels: NDArray[np.uint8]) -> list[bytes]:
-    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest()
-            for row in np.ascontiguousarray(pixels, dtype=np.uint8)]
+    return [
+        hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+        for row in np.ascontiguousarray(pixels, dtype=np.uint8)
+    ]
 
 
 def not_held_out(unlabelled: NDArray[np.uint8], held_out: NDArray[np.uint8]) -> NDArray[np.bool_]:

@@ -65,9 +65,11 @@ def _version_folders(root: Path) -> list[tuple[int, Path]]:
     one (a half-written or foreign folder) are not versions."""
     if not root.is_dir():
         return []
-    return [(int(child.name[1:]), child) for child in root.iterdir()
-            if child.name.startswith("v") and child.name[1:].isdigit()
-            and (child / CARD_FILE).is_file()]
+    return [
+        (int(child.name[1:]), child)
+        for child in root.iterdir()
+        if child.name.startswith("v") and child.name[1:].isdigit() and (child / CARD_FILE).is_file()
+    ]
 
 
 def list_versions() -> list[ModelVersion]:
@@ -89,8 +91,11 @@ def shadowed_versions() -> list[Path]:
     wins (every installation of a release must agree on what its versions are), so the
     trained one is reported here instead of silently disappearing."""
     bundled = {number for number, _ in _version_folders(BUNDLED_DIR)}
-    return sorted(folder for number, folder in _version_folders(get_settings().local_models_dir)
-                  if number in bundled)
+    return sorted(
+        folder
+        for number, folder in _version_folders(get_settings().local_models_dir)
+        if number in bundled
+    )
 
 
 def get_version(version: int) -> ModelVersion:

@@ -18,8 +18,9 @@ WARMUP_EPOCHS = 1
 PACE_WINDOW = 3  # epochs the pace is measured over
 
 
-def learning_rate(step: int, steps_per_epoch: int, epochs: int,
-                  peak: float = PEAK_LEARNING_RATE) -> float:
+def learning_rate(
+    step: int, steps_per_epoch: int, epochs: int, peak: float = PEAK_LEARNING_RATE
+) -> float:
     """The rate for training step ``step`` (0-based) of a schedule ``epochs`` long: linear
     warm-up over the first epoch, then cosine decay over ``epochs`` epochs (as Keras'
     ``CosineDecay(0, decay_steps=steps_per_epoch * epochs, warmup_steps=steps_per_epoch)``,
@@ -69,8 +70,9 @@ def pace(epoch_ends: list[float], window: int = PACE_WINDOW) -> float | None:
     return (epoch_ends[-1] - epoch_ends[first]) / (len(epoch_ends) - 1 - first)
 
 
-def teacher_share(teacher_epochs: int, teacher_rows: int, student_epochs: int,
-                  student_rows: int) -> float:
+def teacher_share(
+    teacher_epochs: int, teacher_rows: int, student_epochs: int, student_rows: int
+) -> float:
     """The share of the time limit the teachers get when training pseudo-labels first: their
     share of the planned work (epochs x rows, the same per member and wave in both rounds).
     The students get what the teachers leave, so a slow teacher round costs the students

@@ -74,19 +74,25 @@ class TrainConfig:
 
 
 AFFINE = "rotation ±10°, zoom ±10%, shift ±10%"
-DEGRADATIONS = ("; per image 10% thicker strokes, 10% thinner, 10% 3x3 blur, 20% Gaussian "
-                "noise (σ 0.05)")
+DEGRADATIONS = (
+    "; per image 10% thicker strokes, 10% thinner, 10% 3x3 blur, 20% Gaussian noise (σ 0.05)"
+)
 ELASTIC_SHARE, ELASTIC_ALPHA, ELASTIC_SIGMA = 0.5, 34.0, 4.0
-ELASTIC = (f"; first, {ELASTIC_SHARE:.0%} of images elastically distorted (Simard et al. 2003: "
-           f"uniform displacement field, Gaussian σ {ELASTIC_SIGMA:g} px, α {ELASTIC_ALPHA:g})")
+ELASTIC = (
+    f"; first, {ELASTIC_SHARE:.0%} of images elastically distorted (Simard et al. 2003: "
+    f"uniform displacement field, Gaussian σ {ELASTIC_SIGMA:g} px, α {ELASTIC_ALPHA:g})"
+)
 
 
 def _augmentation(config: TrainConfig) -> str | None:
     """The card's words for what ``_augmenter`` does under ``config``."""
     if not config.resolved_augment():
         return None
-    return (AFFINE + (DEGRADATIONS if config.degrade else "; no scan degradations")
-            + (ELASTIC if config.elastic else ""))
+    return (
+        AFFINE
+        + (DEGRADATIONS if config.degrade else "; no scan degradations")
+        + (ELASTIC if config.elastic else "")
+    )
 
 
 def _elastic(x: Any, share: float, alpha: float, sigma: float) -> Any:
@@ -102,12 +108,18 @@ def _elastic(x: Any, share: float, alpha: float, sigma: float) -> Any:
     taps = tf.exp(-tf.square(tf.range(-radius, radius + 1, dtype=tf.float32)) / (2 * sigma**2))
     taps /= tf.reduce_sum(taps)
     field = tf.random.uniform([n, size, size, 2], -1.0, 1.0)
-    field = tf.nn.depthwise_conv2d(field, tf.tile(taps[None, :, None, None], [1, 1, 2, 1]),
-                                   [1, 1, 1, 1], "SAME")
-    field = tf.nn.depthwise_conv2d(field, tf.tile(taps[:, None, None, None], [1, 1, 2, 1]),
-                                   [1, 1, 1, 1], "SAME") * alpha
-    grid = tf.cast(tf.stack(tf.meshgrid(tf.range(size), tf.range(size), indexing="ij"), -1),
-                   tf.float32)
+    field = tf.nn.depthwise_conv2d(
+        field, tf.tile(taps[None, :, None, None], [1, 1, 2, 1]), [1, 1, 1, 1], "SAME"
+    )
+    field = (
+        tf.nn.depthwise_conv2d(
+            field, tf.tile(taps[:, None, None, None], [1, 1, 2, 1]), [1, 1, 1, 1], "SAME"
+        )
+        * alpha
+    )
+    grid = tf.cast(
+        tf.stack(tf.meshgrid(tf.range(size), tf.range(size), indexing="ij"), -1), tf.float32
+    )
     where = tf.clip_by_value(grid[None] + field, -1.0, float(size))  # (n, y, x, [row, col])
     padded = tf.pad(x[..., 0], [[0, 0], [1, 1], [1, 1]])  # a zero border: outside is blank
     low = tf.floor(where)
@@ -119,8 +131,10 @@ def _elastic(x: Any, share: float, alpha: float, sigma: float) -> Any:
         return tf.gather_nd(padded, index, batch_dims=1)
 
     fy, fx = frac[..., 0], frac[..., 1]
-    moved = ((1 - fy) * ((1 - fx) * at(0, 0) + fx * at(0, 1))
-             + fy * ((1 - fx) * at(1, 0) + fx * at(1, 1)))[..., None]
+    moved = (
+        (1 - fy) * ((1 - fx) * at(0, 0) + fx * at(0, 1))
+        + fy * ((1 - fx) * at(1, 0) + fx * at(1, 1))
+    )[..., None]
     return tf.where(tf.random.uniform([n, 1, 1, 1]) < share, moved, x)
 
 
@@ -167,8 +181,15 @@ def _augmenter(seed: int, elastic: bool = False, degrade: bool = True) -> Any:
 ReportFn = Callable[[int, str, int, int], None]
 
 
-def _keras_callback(report: ReportFn, deadline: float, member: int, prefix: str, epochs: int,
-                    steps_per_epoch: int, scheduled: bool) -> Any:
+def _keras_callback(
+    report: ReportFn,
+    deadline: float,
+    member: int,
+    prefix: str,
+    epochs: int,
+    steps_per_epoch: int,
+    scheduled: bool,
+) -> Any:
     """A Keras callback that reports steps to a plain function (keeps rich out of training)
     and keeps training inside ``deadline`` (wall clock): after every epoch it fits the
     remaining schedule to the time left at the recent pace (``model_store.schedule``)
@@ -195,8 +216,9 @@ def _keras_callback(report: ReportFn, deadline: float, member: int, prefix: str,
 
         def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
             if scheduled:
-                self.last_rate = learning_rate(self.epoch * steps_per_epoch + batch,
-                                               steps_per_epoch, self.schedule_epochs)
+                self.last_rate = learning_rate(
+                    self.epoch * steps_per_epoch + batch, steps_per_epoch, self.schedule_epochs
+                )
                 self.model.optimizer.learning_rate = self.last_rate
 
         def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
@@ -218,9 +240,13 @@ def _keras_callback(report: ReportFn, deadline: float, member: int, prefix: str,
                     self.schedule_epochs = done
             else:
                 self.schedule_epochs = fitted_epochs(epochs, done, seconds, deadline - now)
-            report(self.pending, f"{prefix}epoch {done}/{self.schedule_epochs}: loss "
-                   f"{logs.get('loss', 0):.4f} acc {logs.get('accuracy', 0):.4f}",
-                   member, self.schedule_epochs)
+            report(
+                self.pending,
+                f"{prefix}epoch {done}/{self.schedule_epochs}: loss "
+                f"{logs.get('loss', 0):.4f} acc {logs.get('accuracy', 0):.4f}",
+                member,
+                self.schedule_epochs,
+            )
             self.pending = 0
             if done >= self.schedule_epochs:
                 self.model.stop_training = True
@@ -228,8 +254,9 @@ def _keras_callback(report: ReportFn, deadline: float, member: int, prefix: str,
     return Callback()
 
 
-def evaluate(probs: np.ndarray, labels: np.ndarray, temperature: float,
-             threshold: float = 0.9) -> dict[str, Any]:
+def evaluate(
+    probs: np.ndarray, labels: np.ndarray, temperature: float, threshold: float = 0.9
+) -> dict[str, Any]:
     """Accuracy, per-class accuracy, confusion matrix, ECE before/after scaling, and what the
     review threshold buys: the share of items above it (coverage) and their accuracy."""
     predicted = probs.argmax(axis=1)
@@ -250,7 +277,8 @@ def evaluate(probs: np.ndarray, labels: np.ndarray, temperature: float,
             "threshold": threshold,
             "coverage": round(float(confident.mean()), 5),
             "accuracy_above": round(float((predicted[confident] == labels[confident]).mean()), 5)
-            if confident.any() else None,
+            if confident.any()
+            else None,
         },
     }
 
@@ -274,8 +302,9 @@ class _MemberJob:
     @property
     def slot(self) -> int:
         """Index among all the models the run trains (teachers first): progress and files."""
-        return self.index + (0 if self.teacher or not self.config.pseudo_label
-                             else self.config.ensemble)
+        return self.index + (
+            0 if self.teacher or not self.config.pseudo_label else self.config.ensemble
+        )
 
 
 def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any]] | None:
@@ -297,8 +326,13 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
     x_train = rows_to_tensor(job.x_train)
     epochs = job.epochs
     steps_per_epoch = job.steps_per_epoch
-    name = (f"teacher_{job.index + 1}" if job.teacher
-            else f"member_{job.index + 1}" if config.ensemble > 1 else None)
+    name = (
+        f"teacher_{job.index + 1}"
+        if job.teacher
+        else f"member_{job.index + 1}"
+        if config.ensemble > 1
+        else None
+    )
     model = _build(config.arch, name, config.precision)
     scheduled = config.arch != "mlp"
     # The CNNs' rate is set before every step by the callback (model_store.schedule).
@@ -312,23 +346,28 @@ def _train_member(job: _MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any
     dataset = tf.data.Dataset.from_tensor_slices((x_train, job.y_train))
     dataset = dataset.shuffle(len(x_train), seed=seed).batch(config.batch_size).repeat()
     if config.resolved_augment():
-        dataset = dataset.map(_augmenter(seed, config.elastic, config.degrade),
-                              num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(
+            _augmenter(seed, config.elastic, config.degrade), num_parallel_calls=tf.data.AUTOTUNE
+        )
     if config.label_smoothing:
         dataset = dataset.map(lambda x, y: (x, tf.one_hot(y, 10)))
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     role = "teacher" if job.teacher else "member"
     one_model = config.ensemble == 1 and not job.teacher
     prefix = "" if one_model else f"{role} {job.index + 1}/{config.ensemble} "
-    callback = _keras_callback(report, job.deadline, job.slot, prefix, epochs, steps_per_epoch,
-                               scheduled)
-    model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[callback],
-              verbose=0)
+    callback = _keras_callback(
+        report, job.deadline, job.slot, prefix, epochs, steps_per_epoch, scheduled
+    )
+    model.fit(
+        dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[callback], verbose=0
+    )
     if config.precision != "float32":
         model = _as_float32(model, config.arch, name)
     predicted = model.predict(rows_to_tensor(job.x_val), batch_size=1000, verbose=0).argmax(axis=1)
     card = {
-        "member": job.index + 1, "seed": seed, "training_rows": len(job.y_train),
+        "member": job.index + 1,
+        "seed": seed,
+        "training_rows": len(job.y_train),
         "epochs_run": callback.epochs_run,
         "stopped_by_time_limit": callback.schedule_epochs < epochs,
         "schedule_epochs": callback.schedule_epochs,
@@ -347,8 +386,10 @@ def _loss_and_metric(label_smoothing: float) -> tuple[Any, list[Any]]:
 
     if not label_smoothing:
         return "sparse_categorical_crossentropy", ["accuracy"]
-    return (keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
-            [keras.metrics.CategoricalAccuracy(name="accuracy")])
+    return (
+        keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        [keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
 
 
 def _build(arch: str, name: str | None, precision: str) -> Any:
@@ -409,8 +450,9 @@ def _member_process(job: _MemberJob) -> dict[str, Any] | None:
     return card
 
 
-def _train_members(jobs: list[_MemberJob], workers: int, progress: ReportFn,
-                   tmp: Path) -> list[tuple[Any, dict[str, Any]]]:
+def _train_members(
+    jobs: list[_MemberJob], workers: int, progress: ReportFn, tmp: Path
+) -> list[tuple[Any, dict[str, Any]]]:
     """Train the members, in-process (workers == 1) or in ``workers`` child processes."""
     if workers <= 1:
         trained = [_train_member(job, progress) for job in jobs]
@@ -429,10 +471,13 @@ def _train_members(jobs: list[_MemberJob], workers: int, progress: ReportFn,
             except queue.Empty:
                 return
 
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_member_init,
-                             initargs=(events, os.getpid())) as pool:
-        futures = [pool.submit(_member_process, replace(job, out=tmp / f"model_{job.slot}.keras"))
-                   for job in jobs]
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_member_init, initargs=(events, os.getpid())
+    ) as pool:
+        futures = [
+            pool.submit(_member_process, replace(job, out=tmp / f"model_{job.slot}.keras"))
+            for job in jobs
+        ]
         pending = set(futures)
         while pending:
             _, pending = wait(pending, timeout=0.5)
@@ -443,9 +488,14 @@ def _train_members(jobs: list[_MemberJob], workers: int, progress: ReportFn,
     drain()
     import keras
 
-    return [(keras.saving.load_model(tmp / f"model_{job.slot}.keras", compile=False,
-                                     safe_mode=True), card)
-            for job, card in zip(jobs, cards, strict=True) if card is not None]
+    return [
+        (
+            keras.saving.load_model(tmp / f"model_{job.slot}.keras", compile=False, safe_mode=True),
+            card,
+        )
+        for job, card in zip(jobs, cards, strict=True)
+        if card is not None
+    ]
 
 
 def _in_background(function: Callable[..., Any], *args: Any) -> Callable[[], Any]:
@@ -460,8 +510,9 @@ def _in_background(function: Callable[..., Any], *args: Any) -> Callable[[], Any
         except BaseException as exc:  # handed to the waiting thread
             outcome["error"] = exc
 
-    thread = threading.Thread(target=run, name=getattr(function, "__name__", "background"),
-                              daemon=True)
+    thread = threading.Thread(
+        target=run, name=getattr(function, "__name__", "background"), daemon=True
+    )
     thread.start()
 
     def result() -> Any:
@@ -479,7 +530,9 @@ def _steps(rows: int, config: TrainConfig) -> int:
 
 
 def _pseudo_labelled(
-    teachers: list[tuple[Any, dict[str, Any]]], split: Split, unlabelled: NDArray[np.uint8],
+    teachers: list[tuple[Any, dict[str, Any]]],
+    split: Split,
+    unlabelled: NDArray[np.uint8],
     config: TrainConfig,
 ) -> tuple[NDArray[np.uint8], NDArray[np.int64], dict[str, Any]]:
     """The students' training rows: the labelled rows plus the unlabelled rows the teachers'
@@ -493,14 +546,17 @@ def _pseudo_labelled(
     fresh = not_held_out(unlabelled, split.x_val)
     rows = unlabelled[fresh]
     keep, labels = confident_labels(
-        teacher.predict(rows_to_tensor(rows), batch_size=1000, verbose=0),
-        config.pseudo_threshold)
+        teacher.predict(rows_to_tensor(rows), batch_size=1000, verbose=0), config.pseudo_threshold
+    )
     val = teacher.predict(rows_to_tensor(split.x_val), batch_size=1000, verbose=0).argmax(axis=1)
     assert config.pseudo_label is not None
     record = {
-        "path": config.pseudo_label.name, "sha256": sha256_file(config.pseudo_label),
-        "rows": len(unlabelled), "held_out_duplicates_dropped": int((~fresh).sum()),
-        "threshold": config.pseudo_threshold, "kept": len(keep),
+        "path": config.pseudo_label.name,
+        "sha256": sha256_file(config.pseudo_label),
+        "rows": len(unlabelled),
+        "held_out_duplicates_dropped": int((~fresh).sum()),
+        "threshold": config.pseudo_threshold,
+        "kept": len(keep),
         "kept_per_class": np.bincount(labels, minlength=10).tolist(),
         "teacher_epochs": config.teacher_epochs,
         "teacher_validation_errors": int((val != split.y_val).sum()),
@@ -509,8 +565,11 @@ def _pseudo_labelled(
         "0..K-1) trained on the labelled rows; their averaged probabilities label the "
         "unlabelled rows; rows at or above the threshold join the students' training rows",
     }
-    return (np.concatenate([split.x_train, rows[keep]]),
-            np.concatenate([split.y_train, labels]), record)
+    return (
+        np.concatenate([split.x_train, rows[keep]]),
+        np.concatenate([split.y_train, labels]),
+        record,
+    )
 
 
 def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -> ModelVersion:
@@ -521,8 +580,9 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
     if config.ensemble > 1 and config.arch == "mlp":
         raise ValueError("ensembles are built from CNN members, not the origin's MLP")
     if config.precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {config.precision!r}; choose one of "
-                         f"{', '.join(PRECISIONS)}")
+        raise ValueError(
+            f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}"
+        )
     if not 0 < config.pseudo_threshold <= 1:
         raise ValueError("pseudo_threshold must be in (0, 1]")
     if not 0 <= config.label_smoothing < 1:
@@ -537,8 +597,9 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
     limit = config.max_minutes * 60
     # Progress in steps of every model the run trains (teachers first); the total follows
     # their fitted schedules, so a bar's time remaining is what the time limit allows.
-    steps = [_steps(len(split.y_train), config)] * teachers + [_steps(
-        len(split.y_train) + (len(unlabelled) if unlabelled is not None else 0), config)] * members
+    steps = [_steps(len(split.y_train), config)] * teachers + [
+        _steps(len(split.y_train) + (len(unlabelled) if unlabelled is not None else 0), config)
+    ] * members
     schedules = [config.teacher_epochs] * teachers + [epochs] * members
     done = 0
 
@@ -549,11 +610,29 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
         if progress:
             progress(done, sum(s * e for s, e in zip(steps, schedules, strict=True)), label)
 
-    def jobs(x: NDArray[np.uint8], y: NDArray[np.int64], until: float, planned: int,
-             teacher: bool = False) -> list[_MemberJob]:
+    def jobs(
+        x: NDArray[np.uint8],
+        y: NDArray[np.int64],
+        until: float,
+        planned: int,
+        teacher: bool = False,
+    ) -> list[_MemberJob]:
         deadlines = member_deadlines(time.time(), until - time.time(), members, workers)
-        return [_MemberJob(config, i, x, y, split.x_val, split.y_val, deadlines[i],
-                           _steps(len(y), config), planned, teacher) for i in range(members)]
+        return [
+            _MemberJob(
+                config,
+                i,
+                x,
+                y,
+                split.x_val,
+                split.y_val,
+                deadlines[i],
+                _steps(len(y), config),
+                planned,
+                teacher,
+            )
+            for i in range(members)
+        ]
 
     # Render the held-out rows as scans while the members train: single-threaded Python
     # (160-280 s for 4,200 rows) that would otherwise run after them, on one core, while the
@@ -562,17 +641,27 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
     x_train, y_train, pseudo = split.x_train, split.y_train, None
     with tempfile.TemporaryDirectory() as tmp:
         if unlabelled is not None:
-            share = teacher_share(config.teacher_epochs, len(split.y_train), epochs,
-                                  len(split.y_train) + len(unlabelled))
-            taught = _train_members(jobs(x_train, y_train, started + limit * share,
-                                         config.teacher_epochs, teacher=True),
-                                    workers, report, Path(tmp))
+            share = teacher_share(
+                config.teacher_epochs,
+                len(split.y_train),
+                epochs,
+                len(split.y_train) + len(unlabelled),
+            )
+            taught = _train_members(
+                jobs(
+                    x_train, y_train, started + limit * share, config.teacher_epochs, teacher=True
+                ),
+                workers,
+                report,
+                Path(tmp),
+            )
             if not taught:
                 raise TimeoutError(f"no teacher finished within max_minutes={config.max_minutes}")
             x_train, y_train, pseudo = _pseudo_labelled(taught, split, unlabelled, config)
             steps[teachers:] = [_steps(len(y_train), config)] * members
-        trained = _train_members(jobs(x_train, y_train, started + limit, epochs),
-                                 workers, report, Path(tmp))
+        trained = _train_members(
+            jobs(x_train, y_train, started + limit, epochs), workers, report, Path(tmp)
+        )
     if not trained:
         raise TimeoutError(f"no model finished within max_minutes={config.max_minutes}")
     scans = rendering()
@@ -586,8 +675,9 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
     member_cards = [card for _, card in trained]
     model = models[0] if config.ensemble == 1 else build_ensemble(models)
     probs, scan_probs, scan_labels, refused = _held_out_probs(model, split, rendered=scans)
-    temperature = fit_temperature(np.concatenate([probs, scan_probs]),
-                                  np.concatenate([split.y_val, scan_labels]))
+    temperature = fit_temperature(
+        np.concatenate([probs, scan_probs]), np.concatenate([split.y_val, scan_labels])
+    )
     from digits.core.settings import get_settings
 
     threshold = get_settings().confidence_threshold
@@ -597,14 +687,18 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
     stopped = any(c["stopped_by_time_limit"] for c in member_cards)
 
     card: dict[str, Any] = {
-        "architecture": config.arch if config.ensemble == 1
+        "architecture": config.arch
+        if config.ensemble == 1
         else f"ensemble of {len(models)} {config.arch}",
         "parameters": int(model.count_params()),
         "input": "28x28x1 float32 in [0, 1], ink bright on dark (MNIST polarity)",
-        "output": "10 softmax probabilities" + (
-            " (the mean of the members' probabilities)" if config.ensemble > 1 else ""),
-        "training_data": {"path": data.name, "sha256": sha256_file(data), "rows": int(
-            len(split.y_train) + len(split.y_val))},
+        "output": "10 softmax probabilities"
+        + (" (the mean of the members' probabilities)" if config.ensemble > 1 else ""),
+        "training_data": {
+            "path": data.name,
+            "sha256": sha256_file(data),
+            "rows": int(len(split.y_train) + len(split.y_val)),
+        },
         "validation_split": {
             "method": f"last {config.val_fraction:.0%} of numpy default_rng({SPLIT_SEED})"
             f".permutation(n) over train.csv data rows",
@@ -615,29 +709,35 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
             "epochs_planned": epochs,
             "epochs_run": min(c["epochs_run"] for c in member_cards),
             "stopped_by_time_limit": stopped or len(models) < config.ensemble,
-            "seed": config.seed, "batch_size": config.batch_size,
+            "seed": config.seed,
+            "batch_size": config.batch_size,
             "precision": "mixed bfloat16 (float32 variables and softmax; saved as float32)"
-            if config.precision == "bf16" else "float32",
+            if config.precision == "bf16"
+            else "float32",
             "augmentation": _augmentation(config),
             "label_smoothing": config.label_smoothing,
-            "optimizer": "RMSprop" if config.arch == "mlp"
+            "optimizer": "RMSprop"
+            if config.arch == "mlp"
             else f"Adam, 1 warm-up epoch to {PEAK_LEARNING_RATE:g} then cosine decay to 0 over "
             "the member's schedule_epochs (the planned epochs, or fewer if they would not fit "
             "its share of max_minutes: members beyond parallel_jobs train in later waves, and "
             "each wave gets an equal share)",
-            "ensemble_planned": config.ensemble, "parallel_jobs": workers,
+            "ensemble_planned": config.ensemble,
+            "parallel_jobs": workers,
             "members": member_cards,
             **({"pseudo_labels": pseudo} if pseudo else {}),
             "max_minutes": config.max_minutes,
             "wall_seconds": round(wall, 1),
             "machine": _machine(),
-            "tensorflow": tf.__version__, "keras": keras.__version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
         },
         "validation": metrics,
         "scan_validation": {
             "method": "the same held-out rows rendered as scans (worker.scan_synth: formats, "
             "modes, polarity, lighting, blur, noise) and preprocessed by worker.images",
-            "refused": refused, **scan_metrics,
+            "refused": refused,
+            **scan_metrics,
         },
         "calibration": {
             "method": "temperature scaling fitted on the validation split: clean rows plus the "
@@ -671,8 +771,11 @@ def _machine() -> str:
     except OSError:
         pass
     model = fields.get("model name") or platform.processor() or "unknown CPU"
-    family = (f" (family {fields['cpu family']}, model {fields['model']})"
-              if "cpu family" in fields and "model" in fields else "")
+    family = (
+        f" (family {fields['cpu family']}, model {fields['model']})"
+        if "cpu family" in fields and "model" in fields
+        else ""
+    )
     flags = fields.get("flags", "").split()
     vectors = ", AVX-512" if "avx512f" in flags else ", AVX2" if "avx2" in flags else ""
     return f"{platform.machine()}, {os.cpu_count()} cores, {model}{family}{vectors}"
@@ -710,18 +813,23 @@ def measure(version: ModelVersion, data: Path, scans: bool = True) -> dict[str, 
     model = load(version)
     threshold = get_settings().confidence_threshold
     probs, scan_probs, labels, refused = _held_out_probs(model, split, scans)
-    result: dict[str, Any] = {"version": version.version, "rows": len(split.y_val),
-                              "clean": evaluate(probs, split.y_val, version.temperature,
-                                                threshold)}
+    result: dict[str, Any] = {
+        "version": version.version,
+        "rows": len(split.y_val),
+        "clean": evaluate(probs, split.y_val, version.temperature, threshold),
+    }
     members = _members(model)
     if members:
         from model_store.overlap import member_overlap
 
-        result["members"] = member_overlap(_member_probs(members, rows_to_tensor(split.x_val)),
-                                           probs, split.y_val, split.val_rows)
+        result["members"] = member_overlap(
+            _member_probs(members, rows_to_tensor(split.x_val)), probs, split.y_val, split.val_rows
+        )
     if scans:
-        result["scans"] = {"refused": refused, **evaluate(scan_probs, labels,
-                                                          version.temperature, threshold)}
+        result["scans"] = {
+            "refused": refused,
+            **evaluate(scan_probs, labels, version.temperature, threshold),
+        }
     return result
 
 

@@ -78,15 +78,25 @@ class Sender:
         except Exception as exc:  # kombu OperationalError, redis ConnectionError, OSError …
             self.unsent += len(chunk_ids)
             self.quiet_until = time.monotonic() + self.pause
-            log.warning("broker unreachable, ingestion goes on; the sweeper sends unsent "
-                        "chunks: %s: %s", type(exc).__name__, exc)
+            log.warning(
+                "broker unreachable, ingestion goes on; the sweeper sends unsent chunks: %s: %s",
+                type(exc).__name__,
+                exc,
+            )
 
 
 def create_batch(source: str, kind: str, model: ModelVersion, source_sha256: str | None) -> int:
     with session(write=True) as sess:
-        batch = Batch(source=source, kind=kind, status="enqueueing", source_sha256=source_sha256,
-                      model_version=model.version, model_sha256=model.sha256,
-                      ingest_owner=ingester_name(), ingest_seen_at=utcnow())
+        batch = Batch(
+            source=source,
+            kind=kind,
+            status="enqueueing",
+            source_sha256=source_sha256,
+            model_version=model.version,
+            model_sha256=model.sha256,
+            ingest_owner=ingester_name(),
+            ingest_seen_at=utcnow(),
+        )
         sess.add(batch)
         sess.flush()
         return batch.id
@@ -105,14 +115,22 @@ def stage(batch_id: int, seq: int, pixels: NDArray[np.uint8]) -> str:
     return ref
 
 
-def add_chunk(batch_id: int, seq: int, ref: str, items: list[dict[str, object]],
-              errors: list[tuple[dict[str, object], str]]) -> int | None:
+def add_chunk(
+    batch_id: int,
+    seq: int,
+    ref: str,
+    items: list[dict[str, object]],
+    errors: list[tuple[dict[str, object], str]],
+) -> int | None:
     """One transaction: the chunk (if it has items), its items, refused items' reasons, and
     the ingester's heartbeat. Everything up to a block's last row is ingested, or none of it:
     what resume relies on."""
     with session(write=True) as sess:
-        sess.execute(update(Batch).where(Batch.id == batch_id)
-                     .values(ingest_seen_at=utcnow(), ingest_owner=ingester_name()))
+        sess.execute(
+            update(Batch)
+            .where(Batch.id == batch_id)
+            .values(ingest_seen_at=utcnow(), ingest_owner=ingester_name())
+        )
         chunk_id: int | None = None
         if items:
             chunk = Chunk(batch_id=batch_id, seq=seq, ref=ref, item_count=len(items))
@@ -121,8 +139,10 @@ def add_chunk(batch_id: int, seq: int, ref: str, items: list[dict[str, object]],
             chunk_id = chunk.id
             sess.execute(
                 insert(Item),
-                [{**row, "batch_id": batch_id, "chunk_id": chunk_id, "status": "pending"}
-                 for row in items],
+                [
+                    {**row, "batch_id": batch_id, "chunk_id": chunk_id, "status": "pending"}
+                    for row in items
+                ],
             )
         if errors:
             sess.execute(
@@ -130,10 +150,13 @@ def add_chunk(batch_id: int, seq: int, ref: str, items: list[dict[str, object]],
                 [{**row, "batch_id": batch_id, "status": "pending"} for row, _ in errors],
             )
             positions = [int(str(row["position"])) for row, _ in errors]
-            ids = dict(sess.execute(
-                select(Item.position, Item.id).where(Item.batch_id == batch_id,
-                                                     Item.position.in_(positions))
-            ).all())
+            ids = dict(
+                sess.execute(
+                    select(Item.position, Item.id).where(
+                        Item.batch_id == batch_id, Item.position.in_(positions)
+                    )
+                ).all()
+            )
             record_item_errors(sess, [(ids[int(str(row["position"]))], why) for row, why in errors])
         return chunk_id
 
@@ -155,12 +178,21 @@ def fail_batch(batch_id: int, message: str) -> None:
     and its chunks are cancelled, so nothing stays queued inside a failed batch; rows already
     scored keep their predictions, the others get the reason."""
     with session(write=True) as sess:
-        stop_batch(sess, batch_id, "failed", message,
-                   f"batch failed before this item was scored: {message}")
+        stop_batch(
+            sess,
+            batch_id,
+            "failed",
+            message,
+            f"batch failed before this item was scored: {message}",
+        )
 
 
-def enqueue_csv(path: Path, model_version: int | None = None, chunk_size: int | None = None,
-                progress: ProgressFn | None = None) -> Enqueued:
+def enqueue_csv(
+    path: Path,
+    model_version: int | None = None,
+    chunk_size: int | None = None,
+    progress: ProgressFn | None = None,
+) -> Enqueued:
     """Stream a Kaggle CSV into a batch. A file that is not a digits CSV fails its batch with a
     clear message; a bad row becomes an item error with its row number; the rest goes on."""
     path = path.resolve()
@@ -171,9 +203,14 @@ def enqueue_csv(path: Path, model_version: int | None = None, chunk_size: int | 
     return ingest_csv(batch_id, path, chunk_size, progress)
 
 
-def ingest_csv(batch_id: int, path: Path, chunk_size: int | None = None,
-               progress: ProgressFn | None = None, skip_rows: int = 0,
-               first_seq: int = 1) -> Enqueued:
+def ingest_csv(
+    batch_id: int,
+    path: Path,
+    chunk_size: int | None = None,
+    progress: ProgressFn | None = None,
+    skip_rows: int = 0,
+    first_seq: int = 1,
+) -> Enqueued:
     """Stream ``path`` into batch ``batch_id`` from data row ``skip_rows + 1`` on (0 for a new
     batch; resume passes the last row already ingested). Errors that end the file fail the
     batch; a database error leaves it ``enqueueing`` and resumable (raised: nothing can be
@@ -186,13 +223,18 @@ def ingest_csv(batch_id: int, path: Path, chunk_size: int | None = None,
         blocks = read_blocks(path, chunk_size, skip_rows=skip_rows)
         for seq, (_labelled, block) in enumerate(blocks, start=first_seq):
             good: list[dict[str, object]] = [
-                {"position": row, "source_ref": f"{name}:{row}",
-                 "sha256": hashlib.sha256(block.pixels[i].tobytes()).hexdigest(),
-                 "true_label": None if block.labels[i] == NO_LABEL else int(block.labels[i])}
+                {
+                    "position": row,
+                    "source_ref": f"{name}:{row}",
+                    "sha256": hashlib.sha256(block.pixels[i].tobytes()).hexdigest(),
+                    "true_label": None if block.labels[i] == NO_LABEL else int(block.labels[i]),
+                }
                 for i, row in enumerate(block.rows)
             ]
-            bad = [({"position": row, "source_ref": f"{name}:{row}"}, f"row {row}: {why}")
-                   for row, why in block.errors]
+            bad = [
+                ({"position": row, "source_ref": f"{name}:{row}"}, f"row {row}: {why}")
+                for row, why in block.errors
+            ]
             ref = stage(batch_id, seq, block.pixels) if good else ""
             chunk_id = add_chunk(batch_id, seq, ref, good, bad)
             if chunk_id is not None:
@@ -208,8 +250,9 @@ def ingest_csv(batch_id: int, path: Path, chunk_size: int | None = None,
     except (DBAPIError, KeyboardInterrupt):
         raise  # resumable: the batch stays ``enqueueing`` with every committed block
     except Exception as exc:
-        message = f"{name}: ingestion failed after row {skip_rows + items}: " \
-                  f"{type(exc).__name__}: {exc}"
+        message = (
+            f"{name}: ingestion failed after row {skip_rows + items}: {type(exc).__name__}: {exc}"
+        )
         log.exception("batch %s: %s", batch_id, message)
         fail_batch(batch_id, message)
         return Enqueued(batch_id, items, errors, chunks, failed=message)
@@ -218,8 +261,14 @@ def ingest_csv(batch_id: int, path: Path, chunk_size: int | None = None,
         fail_batch(batch_id, f"{name}: no data rows")
         return Enqueued(batch_id, 0, 0, 0, failed=f"{name}: no data rows")
     finish_enqueue(batch_id, total_items, total_errors, total_chunks)
-    log.info("batch %s: %s items (%s refused) in %s chunks from %s", batch_id, total_items,
-             total_errors, total_chunks, path)
+    log.info(
+        "batch %s: %s items (%s refused) in %s chunks from %s",
+        batch_id,
+        total_items,
+        total_errors,
+        total_chunks,
+        path,
+    )
     return Enqueued(batch_id, total_items, total_errors, total_chunks)
 
 
@@ -227,12 +276,22 @@ def batch_counts(batch_id: int) -> tuple[int, int, int]:
     """Items, items refused at ingestion, chunks: from the database, so a resumed batch
     counts what every ingestion run committed."""
     with session() as sess:
-        items = sess.scalar(select(func.count()).select_from(Item)
-                            .where(Item.batch_id == batch_id)) or 0
-        errors = sess.scalar(select(func.count()).select_from(Item)
-                             .where(Item.batch_id == batch_id, Item.status == "error")) or 0
-        chunks = sess.scalar(select(func.count()).select_from(Chunk)
-                             .where(Chunk.batch_id == batch_id)) or 0
+        items = (
+            sess.scalar(select(func.count()).select_from(Item).where(Item.batch_id == batch_id))
+            or 0
+        )
+        errors = (
+            sess.scalar(
+                select(func.count())
+                .select_from(Item)
+                .where(Item.batch_id == batch_id, Item.status == "error")
+            )
+            or 0
+        )
+        chunks = (
+            sess.scalar(select(func.count()).select_from(Chunk).where(Chunk.batch_id == batch_id))
+            or 0
+        )
     return int(items), int(errors), int(chunks)
 
 
@@ -260,9 +319,9 @@ def earlier_items(digests: list[str]) -> dict[str, int]:
         return {}
     with session() as sess:
         rows = sess.execute(
-            select(Item.sha256, func.min(Item.id)).join(Batch, Batch.id == Item.batch_id)
-            .where(Item.sha256.in_(digests), Item.duplicate_of.is_(None),
-                   Batch.kind == "images")
+            select(Item.sha256, func.min(Item.id))
+            .join(Batch, Batch.id == Item.batch_id)
+            .where(Item.sha256.in_(digests), Item.duplicate_of.is_(None), Batch.kind == "images")
             .group_by(Item.sha256)
         ).all()
     return {str(sha): int(item_id) for sha, item_id in rows}
@@ -273,22 +332,39 @@ def add_duplicates(batch_id: int, rows: list[dict[str, object]]) -> None:
     if not rows:
         return
     with session(write=True) as sess:
-        in_batch = {str(sha): int(item_id) for sha, item_id in sess.execute(
-            select(Item.sha256, func.min(Item.id))
-            .where(Item.batch_id == batch_id, Item.duplicate_of.is_(None))
-            .group_by(Item.sha256)).all()}
-        sess.execute(insert(Item), [
-            {**{k: v for k, v in row.items() if k != "earlier"}, "batch_id": batch_id,
-             "status": "duplicate",
-             "duplicate_of": row["earlier"] or in_batch[str(row["sha256"])]}
-            for row in rows
-        ])
+        in_batch = {
+            str(sha): int(item_id)
+            for sha, item_id in sess.execute(
+                select(Item.sha256, func.min(Item.id))
+                .where(Item.batch_id == batch_id, Item.duplicate_of.is_(None))
+                .group_by(Item.sha256)
+            ).all()
+        }
+        sess.execute(
+            insert(Item),
+            [
+                {
+                    **{k: v for k, v in row.items() if k != "earlier"},
+                    "batch_id": batch_id,
+                    "status": "duplicate",
+                    "duplicate_of": row["earlier"] or in_batch[str(row["sha256"])],
+                }
+                for row in rows
+            ],
+        )
 
 
-def enqueue_files(folder: Path, files: list[Path], source: str | None = None,
-                  model_version: int | None = None, chunk_size: int | None = None,
-                  final_root: Path | None = None, dedupe: bool = False,
-                  send: bool = True, resume: tuple[int, int, int] | None = None) -> Enqueued:
+def enqueue_files(
+    folder: Path,
+    files: list[Path],
+    source: str | None = None,
+    model_version: int | None = None,
+    chunk_size: int | None = None,
+    final_root: Path | None = None,
+    dedupe: bool = False,
+    send: bool = True,
+    resume: tuple[int, int, int] | None = None,
+) -> Enqueued:
     """Make one batch of image files, read in place by the workers.
 
     ``final_root``: where the files will live once the batch is committed (the inbox moves
@@ -333,9 +409,12 @@ def enqueue_files(folder: Path, files: list[Path], source: str | None = None,
             continue
         relative = file.relative_to(folder)
         where = (final_root or folder) / relative
-        row: dict[str, object] = {"position": position, "source_ref": str(relative),
-                                  # never resolve the entry itself: that follows a link
-                                  "path": str(where.parent.resolve() / where.name)}
+        row: dict[str, object] = {
+            "position": position,
+            "source_ref": str(relative),
+            # never resolve the entry itself: that follows a link
+            "path": str(where.parent.resolve() / where.name),
+        }
         digest = digests[file]
         items += 1
         if refused[file]:
@@ -365,8 +444,9 @@ def enqueue_files(folder: Path, files: list[Path], source: str | None = None,
     return Enqueued(batch_id, items, errors, chunks, chunk_ids=chunk_ids)
 
 
-def enqueue_path(path: Path, model_version: int | None = None,
-                 progress: ProgressFn | None = None) -> Enqueued:
+def enqueue_path(
+    path: Path, model_version: int | None = None, progress: ProgressFn | None = None
+) -> Enqueued:
     """A CSV (``.csv``/``.csv.gz``) or a folder of images."""
     if path.is_dir():
         folder = path.resolve()

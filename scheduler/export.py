@@ -57,8 +57,11 @@ def collect(batch_id: int, model_version: int | None = None) -> Submission:
         rows = sess.execute(
             select(Item.position, Item.source_ref, Prediction.label, ItemError.reason)
             .outerjoin(original, original.id == Item.duplicate_of)
-            .outerjoin(Prediction, (Prediction.item_id == func.coalesce(original.id, Item.id))
-                       & (Prediction.model_version == version))
+            .outerjoin(
+                Prediction,
+                (Prediction.item_id == func.coalesce(original.id, Item.id))
+                & (Prediction.model_version == version),
+            )
             .outerjoin(ItemError, ItemError.item_id == Item.id)
             .where(Item.batch_id == batch_id)
             .order_by(Item.position)
@@ -118,27 +121,44 @@ def submission_lines(sub: Submission, partial: bool = False) -> list[str]:
     return ["ImageId,Label\n", *(f"{i},{label}\n" for i, label in sub.rows)]
 
 
-def export_batch(batch_id: int, out: Path, model_version: int | None = None,
-                 partial: bool = False, manifest: bool = False) -> tuple[Path, int, str]:
+def export_batch(
+    batch_id: int,
+    out: Path,
+    model_version: int | None = None,
+    partial: bool = False,
+    manifest: bool = False,
+) -> tuple[Path, int, str]:
     """Write the batch's submission to ``out``; returns (path, rows, sha256)."""
     sub = collect(batch_id, model_version)
     sha = atomic_write(out, submission_lines(sub, partial))
     if manifest:
         write_manifest(out.with_name(out.stem + ".manifest.json"), sub, sha)
     with session(write=True) as sess:  # `digits status` shows it; the nightly run skips it
-        sess.add(Export(batch_id=batch_id, path=str(out.resolve()), trigger="manual",
-                        rows=len(sub.rows), sha256=sha))
+        sess.add(
+            Export(
+                batch_id=batch_id,
+                path=str(out.resolve()),
+                trigger="manual",
+                rows=len(sub.rows),
+                sha256=sha,
+            )
+        )
     return out, len(sub.rows), sha
 
 
-def write_manifest(path: Path, sub: Submission, sha: str,
-                   extra: dict[str, Any] | None = None) -> None:
+def write_manifest(
+    path: Path, sub: Submission, sha: str, extra: dict[str, Any] | None = None
+) -> None:
     with session() as sess:
         batch = sess.get_one(Batch, sub.batch_id)
         info = {
-            "batch_id": batch.id, "source": batch.source, "kind": batch.kind,
-            "source_sha256": batch.source_sha256, "model_version": sub.model_version,
-            "model_sha256": batch.model_sha256, "rows": len(sub.rows),
+            "batch_id": batch.id,
+            "source": batch.source,
+            "kind": batch.kind,
+            "source_sha256": batch.source_sha256,
+            "model_version": sub.model_version,
+            "model_sha256": batch.model_sha256,
+            "rows": len(sub.rows),
             "errors": [{"image_id": i, "reason": r} for i, r in sub.missing],
             "submission_sha256": sha,
         }
@@ -168,8 +188,7 @@ def export_day(now: datetime | None = None) -> date:
     try:
         zone = ZoneInfo(get_settings().export_timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        log.warning("unknown DIGITS_EXPORT_TIMEZONE %r: using UTC",
-                    get_settings().export_timezone)
+        log.warning("unknown DIGITS_EXPORT_TIMEZONE %r: using UTC", get_settings().export_timezone)
         zone = ZoneInfo("UTC")
     return (now or datetime.now(zone)).astimezone(zone).date()
 
@@ -177,12 +196,17 @@ def export_day(now: datetime | None = None) -> date:
 def pending_batches() -> list[int]:
     """Finished batches (CSV and images) without any row in ``exports``, oldest first."""
     with session() as sess:
-        return list(sess.scalars(
-            select(Batch.id)
-            .where(Batch.status == "done", Batch.kind.in_(("csv", "images")),
-                   ~exists().where(Export.batch_id == Batch.id))
-            .order_by(Batch.id)
-        ).all())
+        return list(
+            sess.scalars(
+                select(Batch.id)
+                .where(
+                    Batch.status == "done",
+                    Batch.kind.in_(("csv", "images")),
+                    ~exists().where(Export.batch_id == Batch.id),
+                )
+                .order_by(Batch.id)
+            ).all()
+        )
 
 
 def validate_partial(sub: Submission) -> None:
@@ -218,15 +242,33 @@ def export_one(batch_id: int, day: date, trigger: str) -> Exported | None:
         submission = folder / "submission.csv"
         sha = atomic_write(submission, submission_lines(sub, partial=True))
         manifest = folder / "manifest.json"
-        write_manifest(manifest, sub, sha, {
-            "submission": submission.name, "trigger": trigger, "partial": bool(sub.missing),
-            "counts": {"items": len(sub.files), "labelled": len(sub.rows),
-                       "errors": len(sub.missing)},
-        })
-        sess.add(Export(batch_id=batch_id, path=str(submission), trigger=trigger,
-                        rows=len(sub.rows), sha256=sha))
-    return Exported(batch_id, submission, manifest, len(sub.rows), len(sub.files),
-                    len(sub.missing), sha)
+        write_manifest(
+            manifest,
+            sub,
+            sha,
+            {
+                "submission": submission.name,
+                "trigger": trigger,
+                "partial": bool(sub.missing),
+                "counts": {
+                    "items": len(sub.files),
+                    "labelled": len(sub.rows),
+                    "errors": len(sub.missing),
+                },
+            },
+        )
+        sess.add(
+            Export(
+                batch_id=batch_id,
+                path=str(submission),
+                trigger=trigger,
+                rows=len(sub.rows),
+                sha256=sha,
+            )
+        )
+    return Exported(
+        batch_id, submission, manifest, len(sub.rows), len(sub.files), len(sub.missing), sha
+    )
 
 
 def export_pending(trigger: str = "nightly") -> list[Exported]:
@@ -241,8 +283,13 @@ def export_pending(trigger: str = "nightly") -> list[Exported]:
             log.exception("export of batch %s failed; it will be retried next run", batch_id)
             continue
         if done is not None:
-            log.info("exported batch %s: %s rows (%s errors) to %s", batch_id, done.rows,
-                     done.errors, done.submission)
+            log.info(
+                "exported batch %s: %s rows (%s errors) to %s",
+                batch_id,
+                done.rows,
+                done.errors,
+                done.submission,
+            )
             written.append(done)
     return written
 

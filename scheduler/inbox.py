@@ -191,11 +191,13 @@ class Inbox:
             shutil.rmtree(drop, ignore_errors=True)
             return None
         final = self.final_dir(drop)
-        done = enqueue_files(drop, files, source=SOURCE_PREFIX + drop.name, final_root=final,
-                             dedupe=True, send=False)
+        done = enqueue_files(
+            drop, files, source=SOURCE_PREFIX + drop.name, final_root=final, dedupe=True, send=False
+        )
         self.finish(drop, done.batch_id)
-        log.info("event=drop_enqueued drop=%s batch_id=%s items=%s", drop.name, done.batch_id,
-                 done.items)
+        log.info(
+            "event=drop_enqueued drop=%s batch_id=%s items=%s", drop.name, done.batch_id, done.items
+        )
         return Ingested(drop.name, done.batch_id, done.items)
 
     def finish(self, drop: Path, batch_id: int) -> None:
@@ -204,8 +206,9 @@ class Inbox:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.rename(drop, final)
         with session() as sess:
-            queued = sess.scalars(select(Chunk.id).where(Chunk.batch_id == batch_id,
-                                                         Chunk.state == "queued")).all()
+            queued = sess.scalars(
+                select(Chunk.id).where(Chunk.batch_id == batch_id, Chunk.state == "queued")
+            ).all()
         send_chunks(list(queued))
 
     def recover(self, drop: Path) -> Ingested | None:
@@ -213,8 +216,9 @@ class Inbox:
         point it reached: committed (just move + send), half-enqueued (start over) or not
         started (ingest)."""
         with session(write=True) as sess:
-            batch_id = sess.scalar(select(Batch.id).where(
-                Batch.source == SOURCE_PREFIX + drop.name))
+            batch_id = sess.scalar(
+                select(Batch.id).where(Batch.source == SOURCE_PREFIX + drop.name)
+            )
             if batch_id is not None and sess.get_one(Batch, batch_id).status == "enqueueing":
                 # stopped half-way through enqueueing (nothing sent yet): start it over
                 sess.execute(delete(Batch).where(Batch.id == batch_id))
@@ -254,14 +258,21 @@ class Inbox:
                 select(Item.id, Item.path, ItemError.reason)
                 .join(ItemError, ItemError.item_id == Item.id)
                 .join(Batch, Batch.id == Item.batch_id)
-                .where(Batch.status == "done", Batch.source.like(SOURCE_PREFIX + "%"),
-                       Item.path.like(processed + "%"))
+                .where(
+                    Batch.status == "done",
+                    Batch.source.like(SOURCE_PREFIX + "%"),
+                    Item.path.like(processed + "%"),
+                )
             ).all()
         for item_id, path, reason in rows:
             source = Path(path or "")
             if not source.parent.resolve().is_relative_to(self.root / "processed"):
-                log.warning("event=failed_file_refused item_id=%s path=%r: not inside the "
-                            "inbox; left where it is", item_id, path)
+                log.warning(
+                    "event=failed_file_refused item_id=%s path=%r: not inside the "
+                    "inbox; left where it is",
+                    item_id,
+                    path,
+                )
                 continue
             folder = self.root / "failed" / datetime.now(UTC).strftime("%Y%m%d")
             folder.mkdir(parents=True, exist_ok=True)

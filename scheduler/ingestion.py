@@ -60,15 +60,22 @@ def _claim_for_resume(batch_id: int) -> tuple[Batch, int, int]:
         if batch is None:
             raise IngestionError(f"batch {batch_id} does not exist")
         if batch.status != "enqueueing":
-            raise IngestionError(f"batch {batch_id} is {batch.status}: its input is fully "
-                                 "ingested (or it ended), there is nothing to resume")
+            raise IngestionError(
+                f"batch {batch_id} is {batch.status}: its input is fully "
+                "ingested (or it ended), there is nothing to resume"
+            )
         if batch.source.startswith(INBOX_PREFIX):
-            raise IngestionError(f"batch {batch_id} is an inbox drop: the scheduler resumes "
-                                 "it by itself (`digits scheduler` or `digits up`)")
-        if ingester_alive(batch.ingest_owner, batch.ingest_seen_at) and \
-                batch.ingest_owner != ingester_name():
-            raise IngestionError(f"batch {batch_id} is still being ingested by "
-                                 f"{batch.ingest_owner}")
+            raise IngestionError(
+                f"batch {batch_id} is an inbox drop: the scheduler resumes "
+                "it by itself (`digits scheduler` or `digits up`)"
+            )
+        if (
+            ingester_alive(batch.ingest_owner, batch.ingest_seen_at)
+            and batch.ingest_owner != ingester_name()
+        ):
+            raise IngestionError(
+                f"batch {batch_id} is still being ingested by {batch.ingest_owner}"
+            )
         last = sess.scalar(select(func.max(Item.position)).where(Item.batch_id == batch_id))
         seq = sess.scalar(select(func.max(Chunk.seq)).where(Chunk.batch_id == batch_id))
         batch.ingest_owner = ingester_name()
@@ -87,10 +94,13 @@ def resume_batch(batch_id: int, progress: ProgressFn | None = None) -> tuple[Enq
         if not source.is_file():
             raise IngestionError(f"batch {batch_id}: its input {source} is gone")
         if batch.source_sha256 and file_sha256_or_none(source) != batch.source_sha256:
-            raise IngestionError(f"batch {batch_id}: {source} changed since it was enqueued "
-                                 "(sha256 differs); cancel it and enqueue the file again")
-        return ingest_csv(batch_id, source, progress=progress, skip_rows=last,
-                          first_seq=seq + 1), last
+            raise IngestionError(
+                f"batch {batch_id}: {source} changed since it was enqueued "
+                "(sha256 differs); cancel it and enqueue the file again"
+            )
+        return ingest_csv(
+            batch_id, source, progress=progress, skip_rows=last, first_seq=seq + 1
+        ), last
     if not source.is_dir():
         raise IngestionError(f"batch {batch_id}: its folder {source} is gone")
     return enqueue_files(source, image_files(source), resume=(batch_id, last, seq)), last
@@ -104,17 +114,32 @@ def cancel_batch(batch_id: int) -> Cancelled:
         if batch is None:
             raise IngestionError(f"batch {batch_id} does not exist")
         if batch.status in FINISHED_BATCH:
-            raise IngestionError(f"batch {batch_id} is already {batch.status}: nothing to "
-                                 "cancel")
-        if batch.status == "enqueueing" and batch.ingest_owner != ingester_name() and \
-                ingester_alive(batch.ingest_owner, batch.ingest_seen_at):
-            raise IngestionError(f"batch {batch_id} is being ingested by "
-                                 f"{batch.ingest_owner}: stop that process first")
+            raise IngestionError(f"batch {batch_id} is already {batch.status}: nothing to cancel")
+        if (
+            batch.status == "enqueueing"
+            and batch.ingest_owner != ingester_name()
+            and ingester_alive(batch.ingest_owner, batch.ingest_seen_at)
+        ):
+            raise IngestionError(
+                f"batch {batch_id} is being ingested by "
+                f"{batch.ingest_owner}: stop that process first"
+            )
         was = batch.status
-        unscored = stop_batch(sess, batch_id, "cancelled", "cancelled by the user",
-                              "batch cancelled before this item was scored")
-        predicted = sess.scalar(select(func.count()).select_from(Item).where(
-            Item.batch_id == batch_id, Item.status == "predicted")) or 0
+        unscored = stop_batch(
+            sess,
+            batch_id,
+            "cancelled",
+            "cancelled by the user",
+            "batch cancelled before this item was scored",
+        )
+        predicted = (
+            sess.scalar(
+                select(func.count())
+                .select_from(Item)
+                .where(Item.batch_id == batch_id, Item.status == "predicted")
+            )
+            or 0
+        )
     return Cancelled(batch_id, was, unscored, int(predicted))
 
 
@@ -132,11 +157,15 @@ class LeftBehind:
         name = Path(self.source).name
         b = self.batch_id
         if self.status == "enqueueing":
-            return (f"batch {b} ({name}) interrupted after {self.items:,} rows were ingested: "
-                    f"`digits resume {b}` finishes it, `digits cancel {b}` drops it")
-        return (f"batch {b} ({name}): {self.finished_items:,} of {self.items:,} items scored; "
-                f"the rest is queued and is scored when a worker runs (`digits worker` or "
-                f"`digits up`); `digits cancel {b}` drops it")
+            return (
+                f"batch {b} ({name}) interrupted after {self.items:,} rows were ingested: "
+                f"`digits resume {b}` finishes it, `digits cancel {b}` drops it"
+            )
+        return (
+            f"batch {b} ({name}): {self.finished_items:,} of {self.items:,} items scored; "
+            f"the rest is queued and is scored when a worker runs (`digits worker` or "
+            f"`digits up`); `digits cancel {b}` drops it"
+        )
 
 
 def left_behind(batch_ids: list[int]) -> list[LeftBehind]:
@@ -145,17 +174,33 @@ def left_behind(batch_ids: list[int]) -> list[LeftBehind]:
     ``batch_ids`` or of this process that is not finished."""
     me = ingester_name()
     with session(write=True) as sess:
-        mine = sess.scalars(select(Batch.id).where(Batch.status == "enqueueing",
-                                                   Batch.ingest_owner == me)).all()
+        mine = sess.scalars(
+            select(Batch.id).where(Batch.status == "enqueueing", Batch.ingest_owner == me)
+        ).all()
         ids = sorted({*batch_ids, *mine})
-        batches = sess.scalars(select(Batch).where(Batch.id.in_(ids),
-                                                   Batch.status.not_in(FINISHED_BATCH))).all()
+        batches = sess.scalars(
+            select(Batch).where(Batch.id.in_(ids), Batch.status.not_in(FINISHED_BATCH))
+        ).all()
         for batch in batches:
             if batch.ingest_owner == me:
                 batch.ingest_owner = None
-        counts = dict(sess.execute(select(Item.batch_id, func.count()).where(
-            Item.batch_id.in_(ids)).group_by(Item.batch_id)).all())
-        finished = dict(sess.execute(select(Item.batch_id, func.count()).where(
-            Item.batch_id.in_(ids), Item.status != "pending").group_by(Item.batch_id)).all())
-        return [LeftBehind(b.id, b.source, b.status, int(counts.get(b.id, 0)),
-                           int(finished.get(b.id, 0))) for b in batches]
+        counts = dict(
+            sess.execute(
+                select(Item.batch_id, func.count())
+                .where(Item.batch_id.in_(ids))
+                .group_by(Item.batch_id)
+            ).all()
+        )
+        finished = dict(
+            sess.execute(
+                select(Item.batch_id, func.count())
+                .where(Item.batch_id.in_(ids), Item.status != "pending")
+                .group_by(Item.batch_id)
+            ).all()
+        )
+        return [
+            LeftBehind(
+                b.id, b.source, b.status, int(counts.get(b.id, 0)), int(finished.get(b.id, 0))
+            )
+            for b in batches
+        ]

@@ -29,7 +29,8 @@ def beat_schedule() -> dict[str, Any]:
 
     settings = get_settings()
     schedule: Any = settings.export_schedule_seconds or crontab(
-        hour=settings.export_hour, minute=settings.export_minute)
+        hour=settings.export_hour, minute=settings.export_minute
+    )
     return {"nightly-export": {"task": TASK_EXPORT, "schedule": schedule}}
 
 

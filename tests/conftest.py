@@ -103,7 +103,10 @@ class WorkerProcess:
         out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "digits.cli", "worker", "--concurrency", str(concurrency)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(os.environ),
         )
 
     def wait_ready(self, timeout: float = 60) -> None:

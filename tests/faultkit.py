@@ -66,17 +66,21 @@ def outcome(batch_ids: list[int]) -> dict[str, int]:
         per_item = sess.execute(
             select(Item.id, Item.status, func.count(Prediction.id))
             .join(Batch, Batch.id == Item.batch_id)
-            .outerjoin(Prediction, (Prediction.item_id == Item.id)
-                       & (Prediction.model_version == Batch.model_version))
-            .where(Item.batch_id.in_(batch_ids)).group_by(Item.id, Item.status)
+            .outerjoin(
+                Prediction,
+                (Prediction.item_id == Item.id) & (Prediction.model_version == Batch.model_version),
+            )
+            .where(Item.batch_id.in_(batch_ids))
+            .group_by(Item.id, Item.status)
         ).all()
         attempts = sess.scalars(select(Chunk.attempts).where(Chunk.batch_id.in_(batch_ids))).all()
     return {
         "items": len(per_item),
         "predicted": sum(1 for _, status, n in per_item if status == "predicted" and n == 1),
         "errors": sum(1 for _, status, _n in per_item if status == "error"),
-        "lost": sum(1 for _, status, n in per_item if n == 0 and status not in
-                    ("error", "duplicate")),
+        "lost": sum(
+            1 for _, status, n in per_item if n == 0 and status not in ("error", "duplicate")
+        ),
         "duplicates": sum(n - 1 for _, _status, n in per_item if n > 1),
         "chunks": len(attempts),
         "reclaimed_chunks": sum(1 for a in attempts if a > 1),
@@ -85,8 +89,11 @@ def outcome(batch_ids: list[int]) -> dict[str, int]:
 
 def chunk_states(batch_id: int) -> dict[str, int]:
     with session() as sess:
-        rows = sess.execute(select(Chunk.state, func.count()).where(Chunk.batch_id == batch_id)
-                            .group_by(Chunk.state)).all()
+        rows = sess.execute(
+            select(Chunk.state, func.count())
+            .where(Chunk.batch_id == batch_id)
+            .group_by(Chunk.state)
+        ).all()
     return {state: int(n) for state, n in rows}
 
 
@@ -127,13 +134,27 @@ class PrivateRedis:
         return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
     def start(self, timeout: float = 10) -> None:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.folder), "--daemonize", "no"]
+        args = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.folder),
+            "--daemonize",
+            "no",
+        ]
         if self.password:
             args += ["--requirepass", self.password]
         log = open(self.folder / "redis.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         import redis
 
@@ -185,26 +206,48 @@ class PrivatePostgres:
         command = list(args)
         if os.geteuid() == 0:
             command = ["runuser", "-u", self.user, "--", *command]
-        return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                              check=True, cwd=self.folder)
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, check=True, cwd=self.folder
+        )
 
     def init(self) -> None:
         if os.geteuid() == 0:
             entry = pwd.getpwnam(self.user)
             os.chown(self.folder, entry.pw_uid, entry.pw_gid)
         assert self.initdb is not None
-        self._run(self.initdb, "-D", str(self.data), "-A", "trust", "-U", self.user,
-                  "--no-sync", "-E", "UTF8")
+        self._run(
+            self.initdb,
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            self.user,
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
         conf = self.data / "postgresql.conf"
         with open(conf, "a") as fh:
-            fh.write(f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
-                     f"unix_socket_directories = '{self.folder}'\nfsync = off\n"
-                     "shared_buffers = 16MB\nmax_connections = 60\n")
+            fh.write(
+                f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = '{self.folder}'\nfsync = off\n"
+                "shared_buffers = 16MB\nmax_connections = 60\n"
+            )
 
     def start(self) -> None:
         assert self.pg_ctl is not None
-        self._run(self.pg_ctl, "-D", str(self.data), "-l", str(self.folder / "pg.log"),
-                  "-w", "-t", "30", "start")
+        self._run(
+            self.pg_ctl,
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.folder / "pg.log"),
+            "-w",
+            "-t",
+            "30",
+            "start",
+        )
 
     def stop(self, mode: str = "fast") -> None:
         assert self.pg_ctl is not None
@@ -229,8 +272,9 @@ class PrivatePostgres:
 
 
 # ------------------------------------------------------------------------------ inputs
-def write_scans(folder: Path, sample_rows: list[str], n: int, seed: int = 0,
-                prefix: str = "scan") -> list[Path]:
+def write_scans(
+    folder: Path, sample_rows: list[str], n: int, seed: int = 0, prefix: str = "scan"
+) -> list[Path]:
     """``n`` realistic PNG scans of the sample's digits, named ``<prefix>NN.png``."""
     import numpy as np
 

@@ -59,8 +59,11 @@ def test_no_secret_in_compose() -> None:
 
 def test_dockerfile_installs_the_package_and_drops_root() -> None:
     lines = [line.split("#")[0].strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
-    instructions = [line.split()[0] for line in lines if line and not line.startswith("&&")
-                    and line.split()[0].isupper()]
+    instructions = [
+        line.split()[0]
+        for line in lines
+        if line and not line.startswith("&&") and line.split()[0].isupper()
+    ]
     first_from = next(line for line in lines if line.startswith("FROM"))
     assert instructions[0] == "FROM" and "python:3.11" in first_from
     assert "USER" in instructions and instructions[-1] == "CMD"

@@ -16,8 +16,14 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=root, capture_output=True,
-                          text=True, timeout=300, env={"PYTHONPATH": str(root), "PATH": ""})
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(root), "PATH": ""},
+    )
 
 
 def test_the_layer_contract_is_kept() -> None:
@@ -36,14 +42,18 @@ def test_the_layer_contract_is_kept() -> None:
         ("worker/chunks.py", "import digits.app.runner", "worker.chunks -> digits.app.runner"),
     ],
 )
-def test_a_back_import_breaks_the_contract(module: str, back_import: str, broken: str,
-                                           tmp_path: Path) -> None:
+def test_a_back_import_breaks_the_contract(
+    module: str, back_import: str, broken: str, tmp_path: Path
+) -> None:
     """The contract is not vacuous: one lower layer importing a higher one fails it."""
     for name in [*PACKAGES, "pyproject.toml"]:
         source = ROOT / name
         if source.is_dir():
-            shutil.copytree(source, tmp_path / name, ignore=shutil.ignore_patterns(
-                "__pycache__", "*.keras", "*.csv.gz"))
+            shutil.copytree(
+                source,
+                tmp_path / name,
+                ignore=shutil.ignore_patterns("__pycache__", "*.keras", "*.csv.gz"),
+            )
         else:
             shutil.copy(source, tmp_path / name)
     target = tmp_path / module

@@ -1,4 +1,5 @@
-"""Lint and types are part of the suite: `ruff check` and `mypy` must stay clean."""
+"""Lint, format and types are part of the suite: `ruff check`, `ruff format --check` and
+`mypy` must stay clean (the layer contract has its own test, tests/test_layers.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("command", [["ruff", "check", "."], ["mypy"]])
+@pytest.mark.parametrize(
+    "command", [["ruff", "check", "."], ["ruff", "format", "--check", "."], ["mypy"]]
+)
 def test_tool_is_clean(command: list[str]) -> None:
-    result = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

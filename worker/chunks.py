@@ -88,16 +88,27 @@ def claim(chunk_id: int) -> Claim | None:
         if chunk.attempts >= settings.max_attempts:
             last = chunk.error or "its worker died every time (poison input?)"
             quarantine(sess, chunk, f"failed {chunk.attempts} attempts; last: {last}")
-            log.warning("event=chunk_quarantined batch_id=%s chunk_id=%s attempts=%s",
-                        chunk.batch_id, chunk_id, chunk.attempts)
+            log.warning(
+                "event=chunk_quarantined batch_id=%s chunk_id=%s attempts=%s",
+                chunk.batch_id,
+                chunk_id,
+                chunk.attempts,
+            )
             return None
         batch = sess.get_one(Batch, chunk.batch_id)
         chunk.state = "running"
         chunk.attempts += 1
         chunk.lease_owner = owner_name()
         chunk.lease_expires_at = now + timedelta(seconds=settings.lease_seconds)
-        return Claim(chunk.id, batch.id, batch.kind, chunk.ref, batch.source,
-                     batch.model_version, chunk.attempts)
+        return Claim(
+            chunk.id,
+            batch.id,
+            batch.kind,
+            chunk.ref,
+            batch.source,
+            batch.model_version,
+            chunk.attempts,
+        )
 
 
 def renew_lease(chunk_id: int) -> bool:
@@ -107,8 +118,9 @@ def renew_lease(chunk_id: int) -> bool:
     with session(write=True) as sess:
         result = sess.execute(
             update(Chunk)
-            .where(Chunk.id == chunk_id, Chunk.state == "running",
-                   Chunk.lease_owner == owner_name())
+            .where(
+                Chunk.id == chunk_id, Chunk.state == "running", Chunk.lease_owner == owner_name()
+            )
             .values(lease_expires_at=utcnow() + timedelta(seconds=settings.lease_seconds))
         )
     return bool(getattr(result, "rowcount", 0))
@@ -143,8 +155,9 @@ def release(chunk_id: int, error: str) -> None:
     with session(write=True) as sess:
         sess.execute(
             update(Chunk)
-            .where(Chunk.id == chunk_id, Chunk.state == "running",
-                   Chunk.lease_owner == owner_name())
+            .where(
+                Chunk.id == chunk_id, Chunk.state == "running", Chunk.lease_owner == owner_name()
+            )
             .values(state="queued", lease_owner=None, lease_expires_at=None, error=error[:2000])
         )
 
@@ -161,8 +174,9 @@ def read_inputs(found: Claim) -> Inputs:
     settings = get_settings()
     with session() as sess:
         rows = sess.execute(
-            select(Item.id, Item.path).where(Item.chunk_id == found.chunk_id,
-                                              Item.status == "pending").order_by(Item.position)
+            select(Item.id, Item.path)
+            .where(Item.chunk_id == found.chunk_id, Item.status == "pending")
+            .order_by(Item.position)
         ).all()
         all_ids = sess.scalars(
             select(Item.id).where(Item.chunk_id == found.chunk_id).order_by(Item.position)
@@ -212,8 +226,9 @@ def read_images(found: Claim, rows: list[tuple[int, str | None]]) -> Inputs:
     return Inputs(ids, stack(tensors), errors)
 
 
-def decode_settled(path: Path, decode: Any, rejected: type[Exception],
-                   settings: Settings) -> NDArray[np.float32] | str:
+def decode_settled(
+    path: Path, decode: Any, rejected: type[Exception], settings: Settings
+) -> NDArray[np.float32] | str:
     """Read and decode one file; a file that decodes as truncated (or empty) while it was
     written only moments ago (a writer the inbox's settle time did not catch) is read again
     after a pause before it is called broken. Bounded: at most 3 reads, half a settle time
@@ -232,8 +247,9 @@ def decode_settled(path: Path, decode: Any, rejected: type[Exception],
             fresh = time.time() - before.st_mtime < 3 * settings.inbox_settle_seconds
             if attempt == 2 or not fresh or not reason.startswith(("truncated", "empty")):
                 return reason
-            log.warning("event=file_still_arriving path=%r attempt=%s: %s", str(path),
-                        attempt + 1, reason)
+            log.warning(
+                "event=file_still_arriving path=%r attempt=%s: %s", str(path), attempt + 1, reason
+            )
             time.sleep(pause)
     return "unreachable"
 
@@ -287,15 +303,33 @@ def process_chunk(chunk_id: int) -> str:
             log.exception("could not release chunk %s", chunk_id)
         raise
     # key=value lines: grep-able and parseable by any log shipper, with the ids to join on
-    log.info("event=chunk_done batch_id=%s chunk_id=%s items=%s errors=%s attempt=%s "
-             "model_version=%s written=%s", found.batch_id, chunk_id, len(inputs.item_ids),
-             len(inputs.errors), found.attempt, found.model_version, written)
+    log.info(
+        "event=chunk_done batch_id=%s chunk_id=%s items=%s errors=%s attempt=%s "
+        "model_version=%s written=%s",
+        found.batch_id,
+        chunk_id,
+        len(inputs.item_ids),
+        len(inputs.errors),
+        found.attempt,
+        found.model_version,
+        written,
+    )
     for item_id, reason in inputs.errors[:50]:
-        log.info("event=item_error batch_id=%s chunk_id=%s item_id=%s reason=%r",
-                 found.batch_id, chunk_id, item_id, reason)
+        log.info(
+            "event=item_error batch_id=%s chunk_id=%s item_id=%s reason=%r",
+            found.batch_id,
+            chunk_id,
+            item_id,
+            reason,
+        )
     if written:  # after the commit; metrics never fail a chunk (see worker/metrics.py)
         from worker.metrics import record_chunk
 
-        record_chunk(found.kind, found.model_version, shaped.confidence, inputs.errors,
-                     time.perf_counter() - started)
+        record_chunk(
+            found.kind,
+            found.model_version,
+            shaped.confidence,
+            inputs.errors,
+            time.perf_counter() - started,
+        )
     return "done" if written else "skipped"

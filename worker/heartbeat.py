@@ -67,8 +67,15 @@ def sweeper_alive() -> bool:
     settings = get_settings()
     cutoff = utcnow() - timedelta(seconds=max(3 * settings.sweep_seconds, 15.0))
     with session() as sess:
-        return bool(sess.scalar(select(exists().where(
-            WorkerHeartbeat.role == SWEEPER, WorkerHeartbeat.last_seen >= cutoff))))
+        return bool(
+            sess.scalar(
+                select(
+                    exists().where(
+                        WorkerHeartbeat.role == SWEEPER, WorkerHeartbeat.last_seen >= cutoff
+                    )
+                )
+            )
+        )
 
 
 def sweep_if_alone() -> None:
@@ -82,8 +89,12 @@ def sweep_if_alone() -> None:
 
     report = sweep()
     if report.requeued or report.resent or report.quarantined:
-        log.info("event=lone_sweep requeued=%s resent=%s quarantined=%s", report.requeued,
-                 report.resent, report.quarantined)
+        log.info(
+            "event=lone_sweep requeued=%s resent=%s quarantined=%s",
+            report.requeued,
+            report.resent,
+            report.quarantined,
+        )
 
 
 def _loop(concurrency: int) -> None:

@@ -185,24 +185,48 @@ def _create(group: Path) -> Metrics:
     values.ValueClass = values.MultiProcessValue()  # whatever was imported before us
     return Metrics(
         group=group,
-        items=Counter("digits_items_scored", "Items given a prediction by a worker.", ["kind"],
-                      registry=None),
-        errors=Counter("digits_item_errors", "Items refused by a worker, by error category.",
-                       ["reason"], registry=None),
-        chunk_seconds=Histogram("digits_chunk_seconds",
-                                "One chunk from claim to committed results.", ["kind"],
-                                buckets=CHUNK_BUCKETS, registry=None),
-        confidence=Histogram("digits_prediction_confidence",
-                             "Calibrated top-1 confidence of each prediction.",
-                             buckets=CONFIDENCE_BUCKETS, registry=None),
-        model_version=Gauge("digits_model_version_in_use",
-                            "1 for each model version loaded by a live worker process.",
-                            ["version"], multiprocess_mode="livemax", registry=None),
-        queue_chunks=Gauge("digits_queue_chunks", "Chunks queued or running (database).",
-                           ["state"], multiprocess_mode="livemax", registry=None),
-        oldest_waiting=Gauge("digits_oldest_waiting_item_seconds",
-                             "Age of the oldest batch with items still waiting (database).",
-                             multiprocess_mode="livemax", registry=None),
+        items=Counter(
+            "digits_items_scored", "Items given a prediction by a worker.", ["kind"], registry=None
+        ),
+        errors=Counter(
+            "digits_item_errors",
+            "Items refused by a worker, by error category.",
+            ["reason"],
+            registry=None,
+        ),
+        chunk_seconds=Histogram(
+            "digits_chunk_seconds",
+            "One chunk from claim to committed results.",
+            ["kind"],
+            buckets=CHUNK_BUCKETS,
+            registry=None,
+        ),
+        confidence=Histogram(
+            "digits_prediction_confidence",
+            "Calibrated top-1 confidence of each prediction.",
+            buckets=CONFIDENCE_BUCKETS,
+            registry=None,
+        ),
+        model_version=Gauge(
+            "digits_model_version_in_use",
+            "1 for each model version loaded by a live worker process.",
+            ["version"],
+            multiprocess_mode="livemax",
+            registry=None,
+        ),
+        queue_chunks=Gauge(
+            "digits_queue_chunks",
+            "Chunks queued or running (database).",
+            ["state"],
+            multiprocess_mode="livemax",
+            registry=None,
+        ),
+        oldest_waiting=Gauge(
+            "digits_oldest_waiting_item_seconds",
+            "Age of the oldest batch with items still waiting (database).",
+            multiprocess_mode="livemax",
+            registry=None,
+        ),
     )
 
 
@@ -279,9 +303,14 @@ def _never_raise(what: str) -> Iterator[None]:
         log.warning("metrics: %s failed", what, exc_info=True)
 
 
-def record_chunk(kind: str, model_version: int, confidences: Iterable[float],
-                 errors: Iterable[tuple[int, str]], seconds: float,
-                 loaded_versions: Iterable[int] | None = None) -> None:
+def record_chunk(
+    kind: str,
+    model_version: int,
+    confidences: Iterable[float],
+    errors: Iterable[tuple[int, str]],
+    seconds: float,
+    loaded_versions: Iterable[int] | None = None,
+) -> None:
     """After a chunk's results are committed (worker child): counts, latency, confidence."""
     with _never_raise("record_chunk"):
         metrics = setup("worker")
@@ -317,12 +346,18 @@ def update_queue_gauges() -> None:
         from digits.core.schema import Batch, Chunk, utcnow
 
         with session() as sess:
-            counts = dict(sess.execute(
-                select(Chunk.state, func.count()).where(Chunk.state.in_(("queued", "running")))
-                .group_by(Chunk.state)).all())
+            counts = dict(
+                sess.execute(
+                    select(Chunk.state, func.count())
+                    .where(Chunk.state.in_(("queued", "running")))
+                    .group_by(Chunk.state)
+                ).all()
+            )
             oldest = sess.scalar(
-                select(func.min(Batch.created_at)).join(Chunk, Chunk.batch_id == Batch.id)
-                .where(Chunk.state.in_(("queued", "running"))))
+                select(func.min(Batch.created_at))
+                .join(Chunk, Chunk.batch_id == Batch.id)
+                .where(Chunk.state.in_(("queued", "running")))
+            )
         for state in ("queued", "running"):
             metrics.queue_chunks.labels(state).set(int(counts.get(state, 0)))
         age = (utcnow() - aware(oldest)).total_seconds() if oldest is not None else 0.0

@@ -53,11 +53,13 @@ def sweep() -> SweepReport:
         lost = sess.scalars(
             select(Chunk.id)
             .join(Batch, Batch.id == Chunk.batch_id)
-            .where(Chunk.state == "queued", Batch.status.in_(ACTIVE_BATCH),
-                   # never sent: give the enqueuer one lease to send it (the inbox moves
-                   # files between commit and send)
-                   or_(and_(Chunk.sent_at.is_(None), Batch.created_at < stale),
-                       Chunk.sent_at < stale))
+            .where(
+                Chunk.state == "queued",
+                Batch.status.in_(ACTIVE_BATCH),
+                # never sent: give the enqueuer one lease to send it (the inbox moves
+                # files between commit and send)
+                or_(and_(Chunk.sent_at.is_(None), Batch.created_at < stale), Chunk.sent_at < stale),
+            )
         ).all()
         report.resent = [c for c in lost if c not in report.requeued]
         for batch_id in sess.scalars(select(Batch.id).where(Batch.status == "running")).all():

@@ -17,8 +17,7 @@ from worker.celery_app import TASK_SCORE, TASK_SWEEP, app
 log = logging.getLogger("digits.worker")
 
 
-@app.task(name=TASK_SCORE, bind=True, acks_late=True, reject_on_worker_lost=True,
-          max_retries=None)
+@app.task(name=TASK_SCORE, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def score_chunk(self: Task, chunk_id: int) -> str:
     """Score chunk ``chunk_id``. Errors are retried with backoff; our own attempt counter (in
     the database) quarantines a chunk that keeps failing, so this never loops forever."""

@@ -55,9 +55,14 @@ def end_to_end(data: Path, workers: int, timeout: float) -> dict[str, Any]:
         stop_workers(proc)
     if state.status != "done":
         raise ValueError(f"bench batch {done.batch_id} ended {state.status}: {state.error}")
-    return {"batch_id": done.batch_id, "items": state.items, "predicted": state.predicted,
-            "seconds": round(seconds, 3), "enqueue_seconds": round(enqueued, 3),
-            "e2e_images_per_s": round(state.predicted / seconds, 1)}
+    return {
+        "batch_id": done.batch_id,
+        "items": state.items,
+        "predicted": state.predicted,
+        "seconds": round(seconds, 3),
+        "enqueue_seconds": round(enqueued, 3),
+        "e2e_images_per_s": round(state.predicted / seconds, 1),
+    }
 
 
 def model_only(version: int, pixels: np.ndarray, batch_size: int) -> float:
@@ -110,8 +115,9 @@ def generate_scans(folder: Path, count: int, size: int = 300, seed: int = 0) -> 
     return truth
 
 
-def image_bench(count: int, workers: int, size: int = 300, timeout: float = 1800.0
-                ) -> dict[str, Any]:
+def image_bench(
+    count: int, workers: int, size: int = 300, timeout: float = 1800.0
+) -> dict[str, Any]:
     """End-to-end scans/s on a generated folder of ~size×size JPEG scans (warm workers)."""
     import tempfile
 
@@ -147,20 +153,38 @@ def image_bench(count: int, workers: int, size: int = 300, timeout: float = 1800
 
     rows = results(done.batch_id)
     correct = sum(1 for r in rows if r["label"] == truth[r["image_id"] - 1])
-    return {"scans": count, "size": size, "predicted": state.predicted, "errors": state.errors,
-            "seconds": round(seconds, 3), "e2e_scans_per_s": round(count / seconds, 1),
-            "accuracy": round(correct / count, 4)}
+    return {
+        "scans": count,
+        "size": size,
+        "predicted": state.predicted,
+        "errors": state.errors,
+        "seconds": round(seconds, 3),
+        "e2e_scans_per_s": round(count / seconds, 1),
+        "accuracy": round(correct / count, 4),
+    }
 
 
-def run_bench(data: Path | None, workers: int = 2, seed_sample: int = 300,
-              timeout: float = 1800.0, quiet: bool = False, images: int = 0) -> dict[str, Any]:
+def run_bench(
+    data: Path | None,
+    workers: int = 2,
+    seed_sample: int = 300,
+    timeout: float = 1800.0,
+    quiet: bool = False,
+    images: int = 0,
+) -> dict[str, Any]:
     settings = get_settings()
     if images:
-        return {"mode": "images", "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                "deployment": {"broker": settings.broker.split("://")[0],
-                               "database": settings.db_url.split(":")[0], "workers": workers,
-                               "chunk_size": settings.image_chunk_size},
-                **image_bench(images, workers, timeout=timeout)}
+        return {
+            "mode": "images",
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "deployment": {
+                "broker": settings.broker.split("://")[0],
+                "database": settings.db_url.split(":")[0],
+                "workers": workers,
+                "chunk_size": settings.image_chunk_size,
+            },
+            **image_bench(images, workers, timeout=timeout),
+        }
     source = data or settings.data
     if source is None or not Path(source).is_file():
         raise ValueError("pass --data PATH to a Kaggle CSV (e.g. test.csv.gz) or set DIGITS_DATA")
@@ -170,11 +194,16 @@ def run_bench(data: Path | None, workers: int = 2, seed_sample: int = 300,
     ceiling = model_only(model.version, pixels, settings.chunk_size)
     seed = seed_loop(model.version, pixels[:seed_sample])
     return {
-        "data": str(source), "items": e2e["items"], "model_version": model.version,
+        "data": str(source),
+        "items": e2e["items"],
+        "model_version": model.version,
         "architecture": model.card.get("architecture"),
-        "deployment": {"broker": settings.broker.split("://")[0],
-                       "database": settings.db_url.split(":")[0], "workers": workers,
-                       "chunk_size": settings.chunk_size},
+        "deployment": {
+            "broker": settings.broker.split("://")[0],
+            "database": settings.db_url.split(":")[0],
+            "workers": workers,
+            "chunk_size": settings.chunk_size,
+        },
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "e2e_images_per_s": e2e["e2e_images_per_s"],
         "model_only_images_per_s": round(ceiling, 1),

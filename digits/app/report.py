@@ -88,20 +88,44 @@ def load(batch_id: int) -> BatchData:
         if batch is None:
             raise ReportError(f"batch {batch_id} does not exist")
         rows = sess.execute(
-            select(Item.id, Item.position, Item.source_ref, Item.status, Prediction.label,
-                   Prediction.confidence, Item.true_label, ItemError.reason)
-            .outerjoin(Prediction, (Prediction.item_id == Item.id)
-                       & (Prediction.model_version == batch.model_version))
+            select(
+                Item.id,
+                Item.position,
+                Item.source_ref,
+                Item.status,
+                Prediction.label,
+                Prediction.confidence,
+                Item.true_label,
+                ItemError.reason,
+            )
+            .outerjoin(
+                Prediction,
+                (Prediction.item_id == Item.id) & (Prediction.model_version == batch.model_version),
+            )
             .outerjoin(ItemError, ItemError.item_id == Item.id)
             .where(Item.batch_id == batch_id)
             .order_by(Item.position)
         ).all()
     return BatchData(
-        batch.id, batch.source, batch.kind, batch.status, batch.model_version,
+        batch.id,
+        batch.source,
+        batch.kind,
+        batch.status,
+        batch.model_version,
         batch.model_sha256,
-        [Row(int(i), int(pos), ref, status, None if label is None else int(label),
-             None if conf is None else float(conf), None if true is None else int(true), why)
-         for i, pos, ref, status, label, conf, true, why in rows],
+        [
+            Row(
+                int(i),
+                int(pos),
+                ref,
+                status,
+                None if label is None else int(label),
+                None if conf is None else float(conf),
+                None if true is None else int(true),
+                why,
+            )
+            for i, pos, ref, status, label, conf, true, why in rows
+        ],
     )
 
 
@@ -112,12 +136,19 @@ def staged_pixels(item_ids: list[int]) -> dict[int, NDArray[np.float32]]:
     out: dict[int, NDArray[np.float32]] = {}
     with session() as sess:
         chunks = sess.execute(
-            select(Chunk.id, Chunk.ref).join(Item, Item.chunk_id == Chunk.id)
-            .where(Item.id.in_(item_ids)).distinct()
+            select(Chunk.id, Chunk.ref)
+            .join(Item, Item.chunk_id == Chunk.id)
+            .where(Item.id.in_(item_ids))
+            .distinct()
         ).all()
-        members = {cid: list(sess.scalars(select(Item.id).where(Item.chunk_id == cid)
-                                           .order_by(Item.position)).all())
-                   for cid, _ in chunks}
+        members = {
+            cid: list(
+                sess.scalars(
+                    select(Item.id).where(Item.chunk_id == cid).order_by(Item.position)
+                ).all()
+            )
+            for cid, _ in chunks
+        }
     for cid, ref in chunks:
         path = settings.staging_dir / ref
         try:
@@ -182,8 +213,9 @@ def accuracy(pairs: Sequence[tuple[int, int]]) -> float | None:
 
 
 def labelled_pairs(rows: Sequence[Row]) -> list[tuple[int, int]]:
-    return [(r.true_label, r.label) for r in rows
-            if r.true_label is not None and r.label is not None]
+    return [
+        (r.true_label, r.label) for r in rows if r.true_label is not None and r.label is not None
+    ]
 
 
 def least_confident(rows: Sequence[Row], n: int = GRID_ITEMS) -> list[Row]:
@@ -195,17 +227,25 @@ def least_confident(rows: Sequence[Row], n: int = GRID_ITEMS) -> list[Row]:
 def summary(data: BatchData) -> dict[str, Any]:
     pairs = labelled_pairs(data.rows)
     return {
-        "batch_id": data.batch_id, "source": data.source, "kind": data.kind,
-        "status": data.status, "model_version": data.model_version,
-        "model_sha256": data.model_sha256, "items": len(data.rows),
-        "predicted": len(data.predicted), "errors": data.count("error"),
-        "duplicates": data.count("duplicate"), "pending": data.count("pending"),
-        "labelled": len(pairs), "accuracy": accuracy(pairs),
+        "batch_id": data.batch_id,
+        "source": data.source,
+        "kind": data.kind,
+        "status": data.status,
+        "model_version": data.model_version,
+        "model_sha256": data.model_sha256,
+        "items": len(data.rows),
+        "predicted": len(data.predicted),
+        "errors": data.count("error"),
+        "duplicates": data.count("duplicate"),
+        "pending": data.count("pending"),
+        "labelled": len(pairs),
+        "accuracy": accuracy(pairs),
     }
 
 
-def render_html(info: dict[str, Any], images: dict[str, str], least: Sequence[Row],
-                errors: Sequence[Row]) -> str:
+def render_html(
+    info: dict[str, Any], images: dict[str, str], least: Sequence[Row], errors: Sequence[Row]
+) -> str:
     """The index page: counts, model, accuracy, the figures, the least-confident items and the
     first errors. Every value from the database is escaped (sources and reasons are user text)."""
     e = html.escape
@@ -213,41 +253,74 @@ def render_html(info: dict[str, Any], images: dict[str, str], least: Sequence[Ro
     def cell(value: Any) -> str:
         return f"<td>{e('' if value is None else str(value))}</td>"
 
-    acc = f"{info['accuracy']:.2%} on {info['labelled']} labelled items" \
-        if info["accuracy"] is not None else "no true labels"
-    facts = [("source", info["source"]), ("kind", info["kind"]), ("status", info["status"]),
-             ("model", f"v{info['model_version']} (sha256 {info['model_sha256'][:16]}…)"),
-             ("items", info["items"]), ("predicted", info["predicted"]),
-             ("errors", info["errors"]), ("duplicates", info["duplicates"]),
-             ("pending", info["pending"]), ("accuracy", acc)]
-    titles = {"labels": "Predicted labels", "confidence": "Calibrated confidence",
-              "least_confident": f"The {len(least)} least-confident items",
-              "confusion": "Confusion matrix (rows: true, columns: predicted)"}
+    acc = (
+        f"{info['accuracy']:.2%} on {info['labelled']} labelled items"
+        if info["accuracy"] is not None
+        else "no true labels"
+    )
+    facts = [
+        ("source", info["source"]),
+        ("kind", info["kind"]),
+        ("status", info["status"]),
+        ("model", f"v{info['model_version']} (sha256 {info['model_sha256'][:16]}…)"),
+        ("items", info["items"]),
+        ("predicted", info["predicted"]),
+        ("errors", info["errors"]),
+        ("duplicates", info["duplicates"]),
+        ("pending", info["pending"]),
+        ("accuracy", acc),
+    ]
+    titles = {
+        "labels": "Predicted labels",
+        "confidence": "Calibrated confidence",
+        "least_confident": f"The {len(least)} least-confident items",
+        "confusion": "Confusion matrix (rows: true, columns: predicted)",
+    }
     parts = [
-        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
         f"<title>digits report: batch {info['batch_id']}</title>",
         "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;"
         "text-align:left}img{max-width:100%;border:1px solid #eee}</style>",
-        "</head>", "<body>", f"<h1>Batch {info['batch_id']}</h1>", "<table>",
-        *(f"<tr><th>{e(k)}</th>{cell(v)}</tr>" for k, v in facts), "</table>",
+        "</head>",
+        "<body>",
+        f"<h1>Batch {info['batch_id']}</h1>",
+        "<table>",
+        *(f"<tr><th>{e(k)}</th>{cell(v)}</tr>" for k, v in facts),
+        "</table>",
     ]
     for key, name in images.items():
-        parts += [f"<h2>{e(titles.get(key, key))}</h2>",
-                  f'<img src="{e(name)}" alt="{e(titles.get(key, key))}">']
+        parts += [
+            f"<h2>{e(titles.get(key, key))}</h2>",
+            f'<img src="{e(name)}" alt="{e(titles.get(key, key))}">',
+        ]
     if least:
-        parts += ["<h2>Least-confident items</h2>",
-                  "<table><tr><th>ImageId</th><th>source</th><th>label</th>"
-                  "<th>confidence</th><th>true label</th></tr>",
-                  *(f"<tr>{cell(r.position)}{cell(r.source_ref)}{cell(r.label)}"
-                    f"{cell(f'{r.confidence:.4f}' if r.confidence is not None else None)}"
-                    f"{cell(r.true_label)}</tr>" for r in least), "</table>"]
+        parts += [
+            "<h2>Least-confident items</h2>",
+            "<table><tr><th>ImageId</th><th>source</th><th>label</th>"
+            "<th>confidence</th><th>true label</th></tr>",
+            *(
+                f"<tr>{cell(r.position)}{cell(r.source_ref)}{cell(r.label)}"
+                f"{cell(f'{r.confidence:.4f}' if r.confidence is not None else None)}"
+                f"{cell(r.true_label)}</tr>"
+                for r in least
+            ),
+            "</table>",
+        ]
     if errors:
         more = len(errors) - ERRORS_LISTED
-        parts += ["<h2>Item errors</h2>",
-                  "<table><tr><th>ImageId</th><th>source</th><th>reason</th></tr>",
-                  *(f"<tr>{cell(r.position)}{cell(r.source_ref)}{cell(r.error)}</tr>"
-                    for r in errors[:ERRORS_LISTED]), "</table>"]
+        parts += [
+            "<h2>Item errors</h2>",
+            "<table><tr><th>ImageId</th><th>source</th><th>reason</th></tr>",
+            *(
+                f"<tr>{cell(r.position)}{cell(r.source_ref)}{cell(r.error)}</tr>"
+                for r in errors[:ERRORS_LISTED]
+            ),
+            "</table>",
+        ]
         if more > 0:
             parts.append(f"<p>… and {more} more (see <code>digits results</code>)</p>")
     parts += ["</body>", "</html>", ""]
@@ -298,8 +371,7 @@ def plot_confidence(confidences: Sequence[float], threshold: float, path: Path) 
     fig = _figure(6, 3.5)
     ax = fig.add_subplot()
     ax.hist(list(confidences), bins=np.linspace(0, 1, 41), color="#4878a8")
-    ax.axvline(threshold, color="#c44e52", linestyle="--",
-               label=f"review threshold {threshold:g}")
+    ax.axvline(threshold, color="#c44e52", linestyle="--", label=f"review threshold {threshold:g}")
     ax.set_yscale("log")
     ax.set_xlabel("calibrated confidence")
     ax.set_ylabel("items (log)")
@@ -309,8 +381,9 @@ def plot_confidence(confidences: Sequence[float], threshold: float, path: Path) 
     return _save(fig, path)
 
 
-def plot_least_confident(rows: Sequence[Row], pixels: dict[int, NDArray[np.float32]],
-                         path: Path) -> Path:
+def plot_least_confident(
+    rows: Sequence[Row], pixels: dict[int, NDArray[np.float32]], path: Path
+) -> Path:
     cols = 4
     grid_rows = max(1, -(-len(rows) // cols))
     fig = _figure(cols * 2.0, grid_rows * 2.3)
@@ -329,8 +402,11 @@ def plot_least_confident(rows: Sequence[Row], pixels: dict[int, NDArray[np.float
             ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
         truth = f" (true {r.true_label})" if r.true_label is not None else ""
         wrong = r.true_label is not None and r.true_label != r.label
-        ax.set_title(f"#{r.position}: {r.label} @ {r.confidence:.2f}{truth}", fontsize=8,
-                     color="#c44e52" if wrong else "black")
+        ax.set_title(
+            f"#{r.position}: {r.label} @ {r.confidence:.2f}{truth}",
+            fontsize=8,
+            color="#c44e52" if wrong else "black",
+        )
     fig.suptitle("Least-confident items: ImageId: predicted @ confidence")
     fig.tight_layout()
     return _save(fig, path)
@@ -344,8 +420,15 @@ def plot_confusion(matrix: Sequence[Sequence[int]], path: Path) -> Path:
     for t in DIGITS:
         for p in DIGITS:
             if values[t, p]:
-                ax.text(p, t, str(values[t, p]), ha="center", va="center", fontsize=7,
-                        color="white" if t == p else "black")
+                ax.text(
+                    p,
+                    t,
+                    str(values[t, p]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if t == p else "black",
+                )
     ax.set_xticks(DIGITS)
     ax.set_yticks(DIGITS)
     ax.set_xlabel("predicted")
@@ -367,16 +450,20 @@ def build_report(batch_id: int, out_dir: Path, grid: int = GRID_ITEMS) -> Report
     ids = [r.item_id for r in least]
     pixels = staged_pixels(ids) if data.kind == "csv" else file_pixels(ids)
     images = {
-        "labels": plot_labels(label_counts([r.label for r in predicted if r.label is not None]),
-                              out_dir / "labels.png"),
-        "confidence": plot_confidence([r.confidence for r in predicted
-                                       if r.confidence is not None],
-                                      get_settings().confidence_threshold,
-                                      out_dir / "confidence.png"),
+        "labels": plot_labels(
+            label_counts([r.label for r in predicted if r.label is not None]),
+            out_dir / "labels.png",
+        ),
+        "confidence": plot_confidence(
+            [r.confidence for r in predicted if r.confidence is not None],
+            get_settings().confidence_threshold,
+            out_dir / "confidence.png",
+        ),
     }
     if least:
-        images["least_confident"] = plot_least_confident(least, pixels,
-                                                         out_dir / "least_confident.png")
+        images["least_confident"] = plot_least_confident(
+            least, pixels, out_dir / "least_confident.png"
+        )
     pairs = labelled_pairs(data.rows)
     if pairs:
         images["confusion"] = plot_confusion(confusion(pairs), out_dir / "confusion.png")

@@ -67,8 +67,9 @@ class _ChunkRef:
     ref: str
 
 
-def _csv_inputs(ref: str, chunk_items: list[tuple[int, str]],
-                wanted: set[int]) -> tuple[list[int], NDArray[np.float32]]:
+def _csv_inputs(
+    ref: str, chunk_items: list[tuple[int, str]], wanted: set[int]
+) -> tuple[list[int], NDArray[np.float32]]:
     """A CSV chunk's staged rows for the wanted items (rows follow item position order)."""
     from digits.core.preprocess import rows_to_tensor
     from digits.core.settings import get_settings
@@ -83,8 +84,9 @@ def _csv_inputs(ref: str, chunk_items: list[tuple[int, str]],
     except OSError as exc:
         raise RescoreError(f"staged chunk {staged} cannot be read: {exc}") from exc
     if len(pixels) != len(chunk_items):
-        raise RescoreError(f"staged chunk {staged} has {len(pixels)} rows, "
-                           f"the database {len(chunk_items)} items")
+        raise RescoreError(
+            f"staged chunk {staged} has {len(pixels)} rows, the database {len(chunk_items)} items"
+        )
     keep = [i for i, (item_id, _) in enumerate(chunk_items) if item_id in wanted]
     return [chunk_items[i][0] for i in keep], rows_to_tensor(pixels[keep])
 
@@ -111,26 +113,53 @@ def rescore(batch_id: int, version: int, progress: ProgressFn | None = None) -> 
         if batch is None:
             raise RescoreError(f"batch {batch_id} does not exist")
         if batch.status != "done":
-            raise RescoreError(f"batch {batch_id} is {batch.status}: only a finished (done) "
-                               "batch can be re-scored")
+            raise RescoreError(
+                f"batch {batch_id} is {batch.status}: only a finished (done) batch can be re-scored"
+            )
         old_version, kind, source = batch.model_version, batch.kind, batch.source
         if version == old_version:
-            raise RescoreError(f"batch {batch_id} was scored by v{version} already: "
-                               "pick another version to compare with")
-        chunks = [_ChunkRef(c.id, c.ref) for c in sess.scalars(
-            select(Chunk).where(Chunk.batch_id == batch_id).order_by(Chunk.seq))]
-        old = {r.item_id: r for r in sess.execute(
-            select(Prediction.item_id, Prediction.label, Prediction.confidence)
-            .join(Item, Item.id == Prediction.item_id)
-            .where(Item.batch_id == batch_id, Prediction.model_version == old_version)
-        ).all()}
-        items = {r.id: r for r in sess.execute(
-            select(Item.id, Item.chunk_id, Item.position, Item.source_ref, Item.path,
-                   Item.true_label).where(Item.batch_id == batch_id).order_by(Item.position)
-        ).all()}
-        rows_before = sess.scalar(
-            select(func.count()).select_from(Prediction).join(Item, Item.id == Prediction.item_id)
-            .where(Item.batch_id == batch_id, Prediction.model_version == version)) or 0
+            raise RescoreError(
+                f"batch {batch_id} was scored by v{version} already: "
+                "pick another version to compare with"
+            )
+        chunks = [
+            _ChunkRef(c.id, c.ref)
+            for c in sess.scalars(
+                select(Chunk).where(Chunk.batch_id == batch_id).order_by(Chunk.seq)
+            )
+        ]
+        old = {
+            r.item_id: r
+            for r in sess.execute(
+                select(Prediction.item_id, Prediction.label, Prediction.confidence)
+                .join(Item, Item.id == Prediction.item_id)
+                .where(Item.batch_id == batch_id, Prediction.model_version == old_version)
+            ).all()
+        }
+        items = {
+            r.id: r
+            for r in sess.execute(
+                select(
+                    Item.id,
+                    Item.chunk_id,
+                    Item.position,
+                    Item.source_ref,
+                    Item.path,
+                    Item.true_label,
+                )
+                .where(Item.batch_id == batch_id)
+                .order_by(Item.position)
+            ).all()
+        }
+        rows_before = (
+            sess.scalar(
+                select(func.count())
+                .select_from(Prediction)
+                .join(Item, Item.id == Prediction.item_id)
+                .where(Item.batch_id == batch_id, Prediction.model_version == version)
+            )
+            or 0
+        )
     try:
         meta, model = model_for(version)
     except ModelError as exc:
@@ -160,8 +189,12 @@ def rescore(batch_id: int, version: int, progress: ProgressFn | None = None) -> 
             result.unreadable += len(inputs.errors)
         shaped = shape(predict(model, tensor), meta.temperature, threshold)
         with session(write=True) as sess:
-            insert_ignore(sess, Prediction, prediction_rows(ids, shaped, version),
-                          ["item_id", "model_version"])
+            insert_ignore(
+                sess,
+                Prediction,
+                prediction_rows(ids, shaped, version),
+                ["item_id", "model_version"],
+            )
         done += len(wanted)
         if progress:
             progress(done, total)
@@ -192,6 +225,15 @@ def _compare(result: RescoreResult, item: Any, old: Any, new: Any) -> None:
     if new_label == old.label:
         result.agreeing += 1
         return
-    result.changed.append(Change(item.id, item.position, item.source_ref, item.true_label,
-                                 int(old.label), new_label, round(float(old.confidence), 6),
-                                 round(float(new.confidence), 6)))
+    result.changed.append(
+        Change(
+            item.id,
+            item.position,
+            item.source_ref,
+            item.true_label,
+            int(old.label),
+            new_label,
+            round(float(old.confidence), 6),
+            round(float(new.confidence), 6),
+        )
+    )

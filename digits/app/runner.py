@@ -38,26 +38,31 @@ class RunSummary:
 
     @property
     def ok(self) -> bool:
-        return not self.problems and all(
-            b.status == "done" and b.errors == 0 for b in self.batches)
+        return not self.problems and all(b.status == "done" and b.errors == 0 for b in self.batches)
 
     def as_json(self) -> dict[str, Any]:
         labelled = sum(b.labelled for b in self.batches)
         return {
-            "batch_ids": [b.batch_id for b in self.batches], "items": self.items,
-            "predicted": self.predicted, "errors": self.errors,
+            "batch_ids": [b.batch_id for b in self.batches],
+            "items": self.items,
+            "predicted": self.predicted,
+            "errors": self.errors,
             "duplicates": sum(b.duplicates for b in self.batches),
             "seconds": round(self.seconds, 3),
             "accuracy": round(sum(b.correct for b in self.batches) / labelled, 5)
-            if labelled else None,
+            if labelled
+            else None,
             "failed_batches": [b.batch_id for b in self.batches if b.status == "failed"],
-            "problems": self.problems, "submissions": self.submissions,
+            "problems": self.problems,
+            "submissions": self.submissions,
         }
 
     def print(self, console: Any) -> None:
         for b in self.batches:
-            line = (f"batch {b.batch_id} ({b.status}) {Path(b.source).name}: {b.items} items, "
-                    f"{b.predicted} predicted, {b.errors} errors")
+            line = (
+                f"batch {b.batch_id} ({b.status}) {Path(b.source).name}: {b.items} items, "
+                f"{b.predicted} predicted, {b.errors} errors"
+            )
             if b.duplicates:
                 line += f", {b.duplicates} duplicates"
             if b.labelled:
@@ -73,8 +78,9 @@ class RunSummary:
         console.print(f"{self.items} items in {self.seconds:.1f} s ({rate:.0f} items/s)")
 
 
-def wait_for(batch_ids: list[int], timeout: float, progress: Any = None,
-             keep_alive: Any = None) -> list[BatchProgress]:
+def wait_for(
+    batch_ids: list[int], timeout: float, progress: Any = None, keep_alive: Any = None
+) -> list[BatchProgress]:
     """Poll until every batch is done or failed; sweep as we go; keep local workers alive."""
     from sqlalchemy.exc import DBAPIError
 
@@ -119,9 +125,16 @@ def enqueue_progress(bar: Any, task: Any, path: Path) -> Any:
     return update
 
 
-def run_paths(paths: list[Path], workers: int | None = None, timeout: float = 3600.0,
-              model: int | None = None, out: Path | None = None, show_progress: bool = True,
-              console: Any = None, created: list[int] | None = None) -> RunSummary:
+def run_paths(
+    paths: list[Path],
+    workers: int | None = None,
+    timeout: float = 3600.0,
+    model: int | None = None,
+    out: Path | None = None,
+    show_progress: bool = True,
+    console: Any = None,
+    created: list[int] | None = None,
+) -> RunSummary:
     """Enqueue ``paths``, make sure workers run, wait for exactly these batches, export.
     ``created`` (the caller's list) receives each batch id as soon as it exists, so a caller
     interrupted half-way can say what it leaves behind."""
@@ -147,9 +160,15 @@ def run_paths(paths: list[Path], workers: int | None = None, timeout: float = 36
         proc = start_workers(workers or settings.workers, log_dir / "worker.log")
     problems: list[str] = []
     batch_ids: list[int] = created if created is not None else []
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), console=console, disable=not show_progress,
-                   transient=False)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not show_progress,
+        transient=False,
+    )
     try:
         with bar:
             task = bar.add_task("enqueueing", total=None)
@@ -177,11 +196,15 @@ def run_paths(paths: list[Path], workers: int | None = None, timeout: float = 36
         for b in state:
             if b.status != "done":
                 continue
-            target = out if len(state) == 1 else out.with_name(
-                f"{out.stem}-batch{b.batch_id}{out.suffix}")
+            target = (
+                out
+                if len(state) == 1
+                else out.with_name(f"{out.stem}-batch{b.batch_id}{out.suffix}")
+            )
             try:
-                path, _, _ = export_batch(b.batch_id, target, manifest=b.kind == "images",
-                                          partial=True)
+                path, _, _ = export_batch(
+                    b.batch_id, target, manifest=b.kind == "images", partial=True
+                )
                 summary.submissions.append(str(path))
             except ExportError as exc:
                 problems.append(str(exc))

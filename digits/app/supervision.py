@@ -23,9 +23,20 @@ def start_workers(concurrency: int, log_file: Path | None = None) -> subprocess.
     shuts down (warm: the chunk in hand is finished) when this process dies, however."""
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     return subprocess.Popen(
-        [sys.executable, "-m", "digits.cli", "worker", "--concurrency", str(concurrency),
-         "--exit-with-parent", str(os.getpid())],
-        stdout=out, stderr=subprocess.STDOUT, env={**os.environ}, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "digits.cli",
+            "worker",
+            "--concurrency",
+            str(concurrency),
+            "--exit-with-parent",
+            str(os.getpid()),
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
+        start_new_session=True,
     )
 
 

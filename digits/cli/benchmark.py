@@ -15,18 +15,22 @@ from digits.cli.common import JsonOpt, app, fail
 def bench(
     data: Annotated[Path | None, typer.Option(help="Kaggle CSV to score.")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
-    seed_sample: Annotated[int, typer.Option(help="Images for the origin's per-image loop.")]
-    = 300,
-    images: Annotated[int, typer.Option(
-        help="Image mode: score this many generated ~300x300 JPEG scans instead of a CSV.")] = 0,
+    seed_sample: Annotated[int, typer.Option(help="Images for the origin's per-image loop.")] = 300,
+    images: Annotated[
+        int,
+        typer.Option(
+            help="Image mode: score this many generated ~300x300 JPEG scans instead of a CSV."
+        ),
+    ] = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Benchmark: end-to-end vs model-only ceiling vs the origin's one-predict-per-image loop."""
     from digits.app.bench import run_bench
 
     try:
-        report = run_bench(data, workers=workers, seed_sample=seed_sample, quiet=as_json,
-                           images=images)
+        report = run_bench(
+            data, workers=workers, seed_sample=seed_sample, quiet=as_json, images=images
+        )
     except (ValueError, TimeoutError) as exc:
         raise fail(str(exc)) from exc
     typer.echo(json.dumps(report, indent=None if as_json else 2))

@@ -11,7 +11,9 @@ import typer
 
 app = typer.Typer(
     help="digits: batch scoring of handwritten digits (CSV and scans in, SQL and Kaggle out).",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
 )
 
 
@@ -50,10 +52,13 @@ def db_problem(exc: Exception) -> str:
     text = str(orig).strip()
     first = text.splitlines()[0] if text else type(orig).__name__
     name = type(orig).__name__
-    if (getattr(orig, "sqlstate", None) in MISSING_SCHEMA_STATES
-            or (type(orig).__module__ == "sqlite3" and first.startswith(MISSING_SCHEMA_SQLITE))):
-        return f"the database has no or an older digits schema ({first}); " \
-               "run `digits db upgrade` first"
+    if getattr(orig, "sqlstate", None) in MISSING_SCHEMA_STATES or (
+        type(orig).__module__ == "sqlite3" and first.startswith(MISSING_SCHEMA_SQLITE)
+    ):
+        return (
+            f"the database has no or an older digits schema ({first}); "
+            "run `digits db upgrade` first"
+        )
     return f"cannot read the database: {name}: {first}"
 
 

@@ -30,43 +30,78 @@ def _labelled_data(data: Path | None) -> Path:
 @app.command()
 def train(
     data: Annotated[Path | None, typer.Option(help="Labelled Kaggle CSV (.csv/.csv.gz).")] = None,
-    arch: Annotated[str, typer.Option(
-        help="cnn-lite (version 2's members), cnn-wide (the same at double width), cnn "
-        "(version 1) or mlp (the origin's 784-400-10).")] = "cnn-lite",
-    epochs: Annotated[int | None, typer.Option(
-        help="Epochs per member (default: mlp 10, CNNs 30).", min=1)] = None,
-    ensemble: Annotated[int, typer.Option(
-        help="Train K members and average them into one version.", min=1)] = 1,
-    jobs: Annotated[int, typer.Option(
-        help="Members trained side by side in child processes (0: one per core).", min=0)] = 0,
-    seed: Annotated[int, typer.Option(help="Random seed (member i uses seed + 1000 i).")] = 0,
-    max_minutes: Annotated[float, typer.Option(
-        help="Time bound for the members. Members beyond --jobs train in later waves, each "
-        "wave an equal share; a member whose epochs would not fit its share ends its "
-        "learning-rate schedule sooner, so it still anneals.")] = 55.0,
-    precision: Annotated[str, typer.Option(
-        help="float32, or bf16: mixed bfloat16 training, faster on CPUs with AVX512_BF16 "
-        "(emulated, slower, elsewhere; README: Model); the saved model is float32.")
-    ] = "float32",
-    elastic: Annotated[bool, typer.Option(
-        help="Add elastic distortions (Simard et al. 2003) to half the training images.")
-    ] = False,
-    degrade: Annotated[bool, typer.Option(
-        help="Scan-like degradations in the augmentation (thicker and thinner strokes, blur, "
-        "noise); --no-degrade trains on affine jitter only.")] = True,
-    label_smoothing: Annotated[float, typer.Option(
-        help="Train towards 1 - S on the label and S/10 on every class (0: plain labels).")
-    ] = 0.0,
-    pseudo_label: Annotated[Path | None, typer.Option(
-        help="Unlabelled CSV (pixel0..783, e.g. Kaggle's test.csv.gz) to self-train on: "
-        "--ensemble teachers train first for --teacher-epochs, their confident labels of its "
-        "rows join the training rows of as many new members, which make the version.")
+    arch: Annotated[
+        str,
+        typer.Option(
+            help="cnn-lite (version 2's members), cnn-wide (the same at double width), cnn "
+            "(version 1) or mlp (the origin's 784-400-10)."
+        ),
+    ] = "cnn-lite",
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs per member (default: mlp 10, CNNs 30).", min=1)
     ] = None,
-    teacher_epochs: Annotated[int, typer.Option(
-        help="Epochs per teacher with --pseudo-label.", min=1)] = 15,
-    pseudo_threshold: Annotated[float, typer.Option(
-        help="With --pseudo-label: keep the unlabelled rows whose averaged teacher "
-        "probability is at least this (0 < P <= 1).")] = 0.99,
+    ensemble: Annotated[
+        int, typer.Option(help="Train K members and average them into one version.", min=1)
+    ] = 1,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            help="Members trained side by side in child processes (0: one per core).", min=0
+        ),
+    ] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed (member i uses seed + 1000 i).")] = 0,
+    max_minutes: Annotated[
+        float,
+        typer.Option(
+            help="Time bound for the members. Members beyond --jobs train in later waves, each "
+            "wave an equal share; a member whose epochs would not fit its share ends its "
+            "learning-rate schedule sooner, so it still anneals."
+        ),
+    ] = 55.0,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="float32, or bf16: mixed bfloat16 training, faster on CPUs with AVX512_BF16 "
+            "(emulated, slower, elsewhere; README: Model); the saved model is float32."
+        ),
+    ] = "float32",
+    elastic: Annotated[
+        bool,
+        typer.Option(
+            help="Add elastic distortions (Simard et al. 2003) to half the training images."
+        ),
+    ] = False,
+    degrade: Annotated[
+        bool,
+        typer.Option(
+            help="Scan-like degradations in the augmentation (thicker and thinner strokes, blur, "
+            "noise); --no-degrade trains on affine jitter only."
+        ),
+    ] = True,
+    label_smoothing: Annotated[
+        float,
+        typer.Option(
+            help="Train towards 1 - S on the label and S/10 on every class (0: plain labels)."
+        ),
+    ] = 0.0,
+    pseudo_label: Annotated[
+        Path | None,
+        typer.Option(
+            help="Unlabelled CSV (pixel0..783, e.g. Kaggle's test.csv.gz) to self-train on: "
+            "--ensemble teachers train first for --teacher-epochs, their confident labels of its "
+            "rows join the training rows of as many new members, which make the version."
+        ),
+    ] = None,
+    teacher_epochs: Annotated[
+        int, typer.Option(help="Epochs per teacher with --pseudo-label.", min=1)
+    ] = 15,
+    pseudo_threshold: Annotated[
+        float,
+        typer.Option(
+            help="With --pseudo-label: keep the unlabelled rows whose averaged teacher "
+            "probability is at least this (0 < P <= 1)."
+        ),
+    ] = 0.99,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a model on a labelled CSV and register it as a new immutable version."""
@@ -99,23 +134,42 @@ def train(
     from model_store.training import TrainConfig
     from model_store.training import train as run_training
 
-    config = TrainConfig(arch=arch, epochs=epochs, seed=seed, max_minutes=max_minutes,
-                         ensemble=ensemble, jobs=jobs, precision=precision, elastic=elastic,
-                         degrade=degrade, label_smoothing=label_smoothing,
-                         pseudo_label=pseudo_label,
-                         teacher_epochs=teacher_epochs, pseudo_threshold=pseudo_threshold,
-                         command=shlex.join(["digits", *sys.argv[1:]]))
+    config = TrainConfig(
+        arch=arch,
+        epochs=epochs,
+        seed=seed,
+        max_minutes=max_minutes,
+        ensemble=ensemble,
+        jobs=jobs,
+        precision=precision,
+        elastic=elastic,
+        degrade=degrade,
+        label_smoothing=label_smoothing,
+        pseudo_label=pseudo_label,
+        teacher_epochs=teacher_epochs,
+        pseudo_threshold=pseudo_threshold,
+        command=shlex.join(["digits", *sys.argv[1:]]),
+    )
     err = console()
     started = time.monotonic()
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=err, disable=quiet) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet,
+    ) as bar:
         task = bar.add_task(f"training {arch}", total=None)
 
         def progress(done: int, total: int, label: str) -> None:
             bar.update(task, completed=done, total=total, description=f"{arch} {label}")
             if label and not quiet and not err.is_terminal:  # a log file gets a line per epoch
-                print(f"[{time.monotonic() - started:7.0f} s] {done}/{total} steps  {label}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"[{time.monotonic() - started:7.0f} s] {done}/{total} steps  {label}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         try:
             version = run_training(source, config, progress)
@@ -141,20 +195,30 @@ def models_list(as_json: JsonOpt = False) -> None:
     from model_store.registry import ModelError, list_versions, shadowed_versions
 
     for path in shadowed_versions():
-        typer.echo(f"warning: {path} is hidden: this release bundles its own {path.name}. "
-                   "Predictions made with it name that number; move the folder out of "
-                   "DIGITS_MODELS_DIR to keep it.", err=True)
+        typer.echo(
+            f"warning: {path} is hidden: this release bundles its own {path.name}. "
+            "Predictions made with it name that number; move the folder out of "
+            "DIGITS_MODELS_DIR to keep it.",
+            err=True,
+        )
     try:
         active: int | None = resolve_active().version
     except ModelError as exc:  # the list is how a user finds a version to promote instead
         typer.secho(f"warning: {exc}", fg="yellow", err=True)
         active = None
     aliases = all_aliases()
-    rows = [{"version": v.version, "architecture": v.card.get("architecture"),
-             "val_accuracy": v.card.get("validation", {}).get("accuracy"),
-             "bundled": v.bundled, "active": v.version == active,
-             "aliases": aliases.get(v.version, []), "path": str(v.path)}
-            for v in list_versions()]
+    rows = [
+        {
+            "version": v.version,
+            "architecture": v.card.get("architecture"),
+            "val_accuracy": v.card.get("validation", {}).get("accuracy"),
+            "bundled": v.bundled,
+            "active": v.version == active,
+            "aliases": aliases.get(v.version, []),
+            "path": str(v.path),
+        }
+        for v in list_versions()
+    ]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -162,8 +226,10 @@ def models_list(as_json: JsonOpt = False) -> None:
         mark = "*" if r["active"] else " "
         acc = f"{r['val_accuracy']:.4%}" if r["val_accuracy"] is not None else "?"
         names = f"[{', '.join(r['aliases'])}]" if r["aliases"] else ""
-        typer.echo(f"{mark} v{r['version']:<3} {names:<24} {r['architecture'] or '?':<5} "
-                   f"val {acc}  {'bundled' if r['bundled'] else r['path']}")
+        typer.echo(
+            f"{mark} v{r['version']:<3} {names:<24} {r['architecture'] or '?':<5} "
+            f"val {acc}  {'bundled' if r['bundled'] else r['path']}"
+        )
 
 
 def _percent(value: Any) -> str:
@@ -212,54 +278,73 @@ def models_show(
     ]
     per_class = val.get("per_class_accuracy")
     if per_class:
-        lines.append("  per-class acc.    " + "  ".join(
-            f"{digit}: {_percent(acc)}" for digit, acc in enumerate(per_class)))
+        lines.append(
+            "  per-class acc.    "
+            + "  ".join(f"{digit}: {_percent(acc)}" for digit, acc in enumerate(per_class))
+        )
     scans = card.get("scan_validation")
     if scans:
-        lines.append(f"  as scans          accuracy {_percent(scans.get('accuracy'))} on "
-                     f"{scans.get('count', '?')} rendered rows ({scans.get('refused', 0)} refused)"
-                     f"; ECE {scans.get('ece_before', 0):.4f} → {scans.get('ece_after', 0):.4f}")
+        lines.append(
+            f"  as scans          accuracy {_percent(scans.get('accuracy'))} on "
+            f"{scans.get('count', '?')} rendered rows ({scans.get('refused', 0)} refused)"
+            f"; ECE {scans.get('ece_before', 0):.4f} → {scans.get('ece_after', 0):.4f}"
+        )
     review = val.get("review_threshold")
     if review:
-        lines.append(f"  review threshold  {review['threshold']}: coverage "
-                     f"{_percent(review.get('coverage'))}, accuracy above it "
-                     f"{_percent(review.get('accuracy_above'))}")
+        lines.append(
+            f"  review threshold  {review['threshold']}: coverage "
+            f"{_percent(review.get('coverage'))}, accuracy above it "
+            f"{_percent(review.get('accuracy_above'))}"
+        )
     if cal:
         ece = ""
         if "ece_before" in val and "ece_after" in val:
             ece = f"; ECE {val['ece_before']:.4f} → {val['ece_after']:.4f}"
-        lines.append(f"  calibration       temperature {cal.get('temperature', 1.0)} "
-                     f"({cal.get('method', '?')}){ece}")
+        lines.append(
+            f"  calibration       temperature {cal.get('temperature', 1.0)} "
+            f"({cal.get('method', '?')}){ece}"
+        )
     if train:
         lines.append(
             f"  training          {train.get('epochs_run', '?')}/{train.get('epochs_planned', '?')}"
             f" epochs, batch {train.get('batch_size', '?')}, {train.get('optimizer', '?')}, "
-            + (f"label smoothing {train['label_smoothing']}, " if train.get("label_smoothing")
-               else "")
+            + (
+                f"label smoothing {train['label_smoothing']}, "
+                if train.get("label_smoothing")
+                else ""
+            )
             + f"seed {train.get('seed', '?')}, {train.get('wall_seconds', '?')} s on "
-            f"{train.get('machine', '?')}, keras {train.get('keras', '?')}")
+            f"{train.get('machine', '?')}, keras {train.get('keras', '?')}"
+        )
         if train.get("augmentation"):
             lines.append(f"  augmentation      {train['augmentation']}")
     for member in train.get("members", []) if len(train.get("members", [])) > 1 else []:
-        lines.append(f"    member {member['member']}        seed {member['seed']}, "
-                     f"{member['epochs_run']} epochs, {member['wall_seconds']} s, validation "
-                     f"{_percent(member['validation_accuracy'])}")
+        lines.append(
+            f"    member {member['member']}        seed {member['seed']}, "
+            f"{member['epochs_run']} epochs, {member['wall_seconds']} s, validation "
+            f"{_percent(member['validation_accuracy'])}"
+        )
     if data:
-        lines.append(f"  training data     {data.get('path', '?')} ({data.get('rows', '?')} rows, "
-                     f"sha256 {str(data.get('sha256', '?'))[:16]}…)")
+        lines.append(
+            f"  training data     {data.get('path', '?')} ({data.get('rows', '?')} rows, "
+            f"sha256 {str(data.get('sha256', '?'))[:16]}…)"
+        )
     pseudo = train.get("pseudo_labels")
     if pseudo:
-        lines.append(f"  pseudo-labels     {pseudo['kept']:,} of {pseudo['rows']:,} rows of "
-                     f"{pseudo['path']} (sha256 {pseudo['sha256'][:16]}…) labelled at ≥ "
-                     f"{pseudo['threshold']} by {len(pseudo['teachers'])} teachers of "
-                     f"{pseudo['teacher_epochs']} epochs ({pseudo['teacher_validation_errors']} "
-                     "held-out errors)")
+        lines.append(
+            f"  pseudo-labels     {pseudo['kept']:,} of {pseudo['rows']:,} rows of "
+            f"{pseudo['path']} (sha256 {pseudo['sha256'][:16]}…) labelled at ≥ "
+            f"{pseudo['threshold']} by {len(pseudo['teachers'])} teachers of "
+            f"{pseudo['teacher_epochs']} epochs ({pseudo['teacher_validation_errors']} "
+            "held-out errors)"
+        )
     matrix = val.get("confusion_matrix")
     if matrix:
         lines.append("  confusion matrix  (rows: true digit, columns: predicted)")
         lines.append("          " + "".join(f"{d:>6}" for d in range(len(matrix))))
-        lines.extend(f"      {t:>4}" + "".join(f"{n:>6}" for n in row)
-                     for t, row in enumerate(matrix))
+        lines.extend(
+            f"      {t:>4}" + "".join(f"{n:>6}" for n in row) for t, row in enumerate(matrix)
+        )
     typer.echo("\n".join(lines))
 
 
@@ -270,14 +355,21 @@ AliasOpt = Annotated[str, typer.Option("--alias", help="Alias to act on.")]
 def models_promote(
     version: Annotated[int, typer.Argument(help="Model version to promote.")],
     alias: AliasOpt = "production",
-    force: Annotated[bool, typer.Option(
-        "--force", help="Promote even if its golden accuracy is worse (never skips the "
-        "integrity and safe-loading checks).")] = False,
-    tolerance: Annotated[float, typer.Option(
-        help="Allowed golden-accuracy drop versus the current target.")] = 0.002,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Promote even if its golden accuracy is worse (never skips the "
+            "integrity and safe-loading checks).",
+        ),
+    ] = False,
+    tolerance: Annotated[
+        float, typer.Option(help="Allowed golden-accuracy drop versus the current target.")
+    ] = 0.002,
     reason: Annotated[str, typer.Option(help="Why: recorded in the alias history.")] = "",
-    golden: Annotated[Path | None, typer.Option(
-        help="Labelled golden CSV (default: the shipped 200-row sample).")] = None,
+    golden: Annotated[
+        Path | None, typer.Option(help="Labelled golden CSV (default: the shipped 200-row sample).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify, safely load and score a version on the golden set, then point an alias at it."""
@@ -292,8 +384,11 @@ def models_promote(
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
         return
-    base = (f" vs v{result.previous} {result.baseline_accuracy:.2%}"
-            if result.baseline_accuracy is not None else "")
+    base = (
+        f" vs v{result.previous} {result.baseline_accuracy:.2%}"
+        if result.baseline_accuracy is not None
+        else ""
+    )
     scores = f"golden accuracy {result.accuracy:.2%}{base} on {result.golden_rows} rows"
     if not result.moved:
         typer.echo(f"{alias} already points at v{version} ({scores})")
@@ -326,10 +421,12 @@ def models_rollback(alias: AliasOpt = "production") -> None:
 @models_app.command("evaluate")
 def models_evaluate(
     version: Annotated[int, typer.Argument(help="Model version number.")],
-    data: Annotated[Path | None, typer.Option(
-        help="The labelled CSV it trained on (default: DIGITS_DATA).")] = None,
-    scans: Annotated[bool, typer.Option(
-        help="Also render the held-out rows as scans and score those.")] = True,
+    data: Annotated[
+        Path | None, typer.Option(help="The labelled CSV it trained on (default: DIGITS_DATA).")
+    ] = None,
+    scans: Annotated[
+        bool, typer.Option(help="Also render the held-out rows as scans and score those.")
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Re-measure a version on the fixed held-out rows: accuracy, errors, ECE, review coverage;
@@ -341,9 +438,15 @@ def models_evaluate(
     from model_store.training import measure
 
     try:
-        with console().status(f"scoring v{version} on the held-out rows of {source.name}"
-                              + (", then as rendered scans" if scans else ""),
-                              spinner="dots") if not as_json else nullcontext():
+        with (
+            console().status(
+                f"scoring v{version} on the held-out rows of {source.name}"
+                + (", then as rendered scans" if scans else ""),
+                spinner="dots",
+            )
+            if not as_json
+            else nullcontext()
+        ):
             result = measure(get_version(version), source, scans)
     except (ModelError, CsvFileError) as exc:
         raise fail(str(exc)) from exc
@@ -358,14 +461,19 @@ def models_evaluate(
                 f"v{version} {name:<5} {m['accuracy']:.4%} ({m['errors']} errors / {m['count']})"
                 f", ECE {m['ece_before']:.4f} → {m['ece_after']:.4f}; at {review['threshold']}: "
                 f"coverage {_percent(review['coverage'])}, accuracy "
-                f"{_percent(review['accuracy_above'])}")
+                f"{_percent(review['accuracy_above'])}"
+            )
     if "members" in result:
         m = result["members"]
-        typer.echo(f"v{version} members: {', '.join(map(str, m['member_errors']))} errors; "
-                   f"{m['made_by_every_member']} of the ensemble's {m['ensemble_errors']} are "
-                   "made by every member")
-        typer.echo(f"v{version} wrong rows (0-based data rows of {source.name}): "
-                   + (" ".join(map(str, m["error_rows"])) or "none"))
+        typer.echo(
+            f"v{version} members: {', '.join(map(str, m['member_errors']))} errors; "
+            f"{m['made_by_every_member']} of the ensemble's {m['ensemble_errors']} are "
+            "made by every member"
+        )
+        typer.echo(
+            f"v{version} wrong rows (0-based data rows of {source.name}): "
+            + (" ".join(map(str, m["error_rows"])) or "none")
+        )
 
 
 @models_app.command("history")
@@ -406,8 +514,14 @@ def rescore(
     from digits.app.rescore import rescore as run_rescore
 
     try:  # the bar is transient: an error or the summary is what stays on screen
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      console=console(), disable=quiet or as_json, transient=True) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=console(),
+            disable=quiet or as_json,
+            transient=True,
+        ) as bar:
             task = bar.add_task(f"batch {batch} with v{model}", total=None)
 
             def progress(done: int, total: int) -> None:
@@ -417,25 +531,33 @@ def rescore(
     except RescoreError as exc:
         raise fail(str(exc)) from exc
     except DBAPIError as exc:  # no schema yet, or the database is unreachable
-        raise fail(f"cannot read the database: {type(exc.orig).__name__}: "
-                   f"{str(exc.orig).strip()}. Run `digits db upgrade` first?") from exc
+        raise fail(
+            f"cannot read the database: {type(exc.orig).__name__}: "
+            f"{str(exc.orig).strip()}. Run `digits db upgrade` first?"
+        ) from exc
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
         return
     agreement = f"{result.agreement:.2%}" if result.agreement is not None else "n/a"
-    typer.echo(f"batch {batch}: v{result.old_version} vs v{result.new_version}: "
-               f"{result.agreeing}/{result.compared} items agree ({agreement}), "
-               f"{len(result.changed)} changed; {result.written} predictions added")
+    typer.echo(
+        f"batch {batch}: v{result.old_version} vs v{result.new_version}: "
+        f"{result.agreeing}/{result.compared} items agree ({agreement}), "
+        f"{len(result.changed)} changed; {result.written} predictions added"
+    )
     if result.labelled:
-        typer.echo(f"accuracy on {result.labelled} labelled items: "
-                   f"v{result.old_version} {result.old_correct / result.labelled:.2%}, "
-                   f"v{result.new_version} {result.new_correct / result.labelled:.2%}")
+        typer.echo(
+            f"accuracy on {result.labelled} labelled items: "
+            f"v{result.old_version} {result.old_correct / result.labelled:.2%}, "
+            f"v{result.new_version} {result.new_correct / result.labelled:.2%}"
+        )
     if result.unreadable:
         typer.secho(f"{result.unreadable} items could not be read again", fg="yellow", err=True)
     for c in result.changed[:limit]:
         truth = f" (true {c.true_label})" if c.true_label is not None else ""
-        typer.echo(f"  item {c.item_id} #{c.position} {c.source_ref}: "
-                   f"{c.old_label} ({c.old_confidence:.3f}) → {c.new_label} "
-                   f"({c.new_confidence:.3f}){truth}")
+        typer.echo(
+            f"  item {c.item_id} #{c.position} {c.source_ref}: "
+            f"{c.old_label} ({c.old_confidence:.3f}) → {c.new_label} "
+            f"({c.new_confidence:.3f}){truth}"
+        )
     if len(result.changed) > limit:
         typer.echo(f"  … {len(result.changed) - limit} more (use --json for all)")

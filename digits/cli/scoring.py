@@ -52,9 +52,13 @@ def enqueue(
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
-    exit_with_parent: Annotated[int | None, typer.Option(
-        help="Warm shutdown once process PID is no longer this worker's parent (what "
-        "`digits run` and `digits up` pass, so their workers never outlive them).")] = None,
+    exit_with_parent: Annotated[
+        int | None,
+        typer.Option(
+            help="Warm shutdown once process PID is no longer this worker's parent (what "
+            "`digits run` and `digits up` pass, so their workers never outlive them)."
+        ),
+    ] = None,
 ) -> None:
     """Run a Celery worker (prefork) that scores chunks."""
     import signal
@@ -66,17 +70,33 @@ def worker(
 
     if exit_with_parent is not None:
         if os.getppid() != exit_with_parent:
-            raise fail(f"--exit-with-parent {exit_with_parent}: that is not this process's "
-                       "parent (already gone?)")
+            raise fail(
+                f"--exit-with-parent {exit_with_parent}: that is not this process's "
+                "parent (already gone?)"
+            )
         watch_parent(exit_with_parent, lambda: os.kill(os.getpid(), signal.SIGTERM))
     n = concurrency or get_settings().workers
     # A node name per process (Celery's default is celery@<host> for all): `digits up` and
     # `digits run` start several workers on one host, and remote control (`celery inspect`)
     # must be able to tell them apart. Same host:pid as the heartbeat `digits status` shows.
     node = f"digits-{os.getpid()}@%h"
-    celery_app.worker_main(["worker", "--pool", "prefork", "--concurrency", str(n), "-Q", QUEUE,
-                            "--hostname", node, "--loglevel", loglevel, "--without-gossip",
-                            "--without-mingle"])
+    celery_app.worker_main(
+        [
+            "worker",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            str(n),
+            "-Q",
+            QUEUE,
+            "--hostname",
+            node,
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
 
 
 @app.command()
@@ -111,8 +131,10 @@ def up(
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     upgrade()
     settings = get_settings()
-    typer.echo(f"digits up: inbox {settings.inbox_dir}, exports {settings.exports_dir}, "
-               f"{workers or settings.workers} workers; Ctrl-C to stop")
+    typer.echo(
+        f"digits up: inbox {settings.inbox_dir}, exports {settings.exports_dir}, "
+        f"{workers or settings.workers} workers; Ctrl-C to stop"
+    )
     run_up(workers)
 
 
@@ -121,8 +143,9 @@ def run(
     paths: Annotated[list[Path], typer.Argument(help="CSV files or folders of images.")],
     out: Annotated[Path | None, typer.Option(help="Also write the Kaggle submission here.")] = None,
     workers: Annotated[int | None, typer.Option(help="Local worker processes to start.")] = None,
-    timeout: Annotated[float, typer.Option(help="Give up waiting after this many seconds.")]
-    = 3600.0,
+    timeout: Annotated[
+        float, typer.Option(help="Give up waiting after this many seconds.")
+    ] = 3600.0,
     model: Annotated[int | None, typer.Option(help="Pin this model version.")] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -137,9 +160,16 @@ def run(
     created: list[int] = []
     try:
         with interruptible(created):
-            summary = run_paths(paths, workers=workers, timeout=timeout, model=model, out=out,
-                                show_progress=not (quiet or as_json), console=console(),
-                                created=created)
+            summary = run_paths(
+                paths,
+                workers=workers,
+                timeout=timeout,
+                model=model,
+                out=out,
+                show_progress=not (quiet or as_json),
+                console=console(),
+                created=created,
+            )
     except (ValueError, TimeoutError) as exc:
         raise fail(str(exc)) from exc
     except DBAPIError as exc:
@@ -165,8 +195,13 @@ def resume(
     from scheduler.ingestion import IngestionError, resume_batch
 
     try:
-        with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=console(),
-                      disable=quiet, transient=True) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console(),
+            disable=quiet,
+            transient=True,
+        ) as bar:
             task = bar.add_task(f"resuming batch {batch}", total=None)
 
             def progress(rows: int) -> None:
@@ -177,8 +212,10 @@ def resume(
         raise fail(str(exc)) from exc
     if done.failed:
         raise fail(f"batch {batch} failed: {done.failed}")
-    typer.echo(f"batch {batch}: resumed after row {after:,}; {done.items:,} items in "
-               f"{done.chunks} chunks ({done.errors} refused), queued for the workers")
+    typer.echo(
+        f"batch {batch}: resumed after row {after:,}; {done.items:,} items in "
+        f"{done.chunks} chunks ({done.errors} refused), queued for the workers"
+    )
 
 
 @app.command()
@@ -192,8 +229,10 @@ def cancel(
         done = cancel_batch(batch)
     except IngestionError as exc:
         raise fail(str(exc)) from exc
-    typer.echo(f"batch {batch} cancelled (was {done.was}): {done.predicted:,} predictions "
-               f"kept, {done.unscored:,} items not scored")
+    typer.echo(
+        f"batch {batch} cancelled (was {done.was}): {done.predicted:,} predictions "
+        f"kept, {done.unscored:,} items not scored"
+    )
 
 
 def _report_left_behind(batch_ids: list[int]) -> None:

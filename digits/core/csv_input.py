@@ -176,8 +176,9 @@ def open_text(path: Path) -> IO[str]:
     with path.open("rb") as fh:
         magic = fh.read(2)
     if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="strict",
-                                newline="")
+        return io.TextIOWrapper(
+            gzip.open(path, "rb"), encoding="utf-8", errors="strict", newline=""
+        )
     return path.open(encoding="utf-8", errors="strict", newline="")
 
 
@@ -215,11 +216,13 @@ def read_header(fh: IO[str]) -> str:
     raise CsvFileError(
         f"wrong header: the first line is {size:,} characters long with {commas + 1:,} "
         f"column{'s' if commas else ''}; a digits CSV header has {PIXELS} "
-        f"(pixel0,…,pixel783) or {PIXELS + 1} (label first)")
+        f"(pixel0,…,pixel783) or {PIXELS + 1} (label first)"
+    )
 
 
-def read_blocks(path: Path, block_rows: int = 1000,
-                skip_rows: int = 0) -> Iterator[tuple[bool, Block]]:
+def read_blocks(
+    path: Path, block_rows: int = 1000, skip_rows: int = 0
+) -> Iterator[tuple[bool, Block]]:
     """Stream a CSV as validated blocks of ``block_rows`` rows: yields (labelled, block).
 
     Raises CsvFileError when the file is not a digits CSV at all (binary, wrong header, empty).
@@ -277,9 +280,11 @@ def _read_whole(path: Path, labelled: bool) -> tuple[NDArray[np.uint8], NDArray[
     for has_labels, block in read_blocks(path, 5000):
         if has_labels != labelled:
             raise CsvFileError(
-                f"{path} has no label column: training needs label,pixel0..783" if labelled
+                f"{path} has no label column: training needs label,pixel0..783"
+                if labelled
                 else f"{path} has a label column: pseudo-labelling takes an unlabelled CSV "
-                "(pixel0..783, like test.csv)")
+                "(pixel0..783, like test.csv)"
+            )
         if block.errors:
             row, reason = block.errors[0]
             raise CsvFileError(f"{path}: row {row}: {reason} ({len(block.errors)} bad rows)")

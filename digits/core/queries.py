@@ -68,8 +68,9 @@ class BatchProgress:
         return {**asdict(self), "progress": self.progress}
 
 
-def batch_progress(batch_ids: list[int] | None = None, active_only: bool = False
-                   ) -> list[BatchProgress]:
+def batch_progress(
+    batch_ids: list[int] | None = None, active_only: bool = False
+) -> list[BatchProgress]:
     with session() as sess:
         query = select(Batch).order_by(Batch.id)
         if batch_ids:
@@ -80,24 +81,32 @@ def batch_progress(batch_ids: list[int] | None = None, active_only: bool = False
         ids = [b.id for b in batches]
         counts: dict[tuple[int, str], int] = {}
         for batch_id, status, n in sess.execute(
-            select(Item.batch_id, Item.status, func.count()).where(Item.batch_id.in_(ids))
+            select(Item.batch_id, Item.status, func.count())
+            .where(Item.batch_id.in_(ids))
             .group_by(Item.batch_id, Item.status)
         ).all():
             counts[(batch_id, status)] = n
         chunk_counts: dict[int, dict[str, int]] = {}
         for batch_id, state, n in sess.execute(
-            select(Chunk.batch_id, Chunk.state, func.count()).where(Chunk.batch_id.in_(ids))
+            select(Chunk.batch_id, Chunk.state, func.count())
+            .where(Chunk.batch_id.in_(ids))
             .group_by(Chunk.batch_id, Chunk.state)
         ).all():
             chunk_counts.setdefault(batch_id, {})[state] = n
         accuracy: dict[int, tuple[int, int]] = {}
         for batch_id, labelled, correct in sess.execute(
-            select(Item.batch_id, func.count(),
-                   func.sum(case((Prediction.label == Item.true_label, 1), else_=0)))
+            select(
+                Item.batch_id,
+                func.count(),
+                func.sum(case((Prediction.label == Item.true_label, 1), else_=0)),
+            )
             .join(Prediction, Prediction.item_id == Item.id)
             .join(Batch, Batch.id == Item.batch_id)
-            .where(Item.batch_id.in_(ids), Item.true_label.is_not(None),
-                   Prediction.model_version == Batch.model_version)
+            .where(
+                Item.batch_id.in_(ids),
+                Item.true_label.is_not(None),
+                Prediction.model_version == Batch.model_version,
+            )
             .group_by(Item.batch_id)
         ).all():
             accuracy[batch_id] = (int(labelled), int(correct or 0))
@@ -110,32 +119,52 @@ def batch_progress(batch_ids: list[int] | None = None, active_only: bool = False
             alive = owner_alive(b.ingest_owner, b.ingest_seen_at, lease)
             ingest = "ingesting" if alive else "interrupted"
         labelled, correct = accuracy.get(b.id, (0, 0))
-        out.append(BatchProgress(
-            batch_id=b.id, source=b.source, kind=b.kind, status=b.status,
-            model_version=b.model_version,
-            items=sum(v for (i, _), v in counts.items() if i == b.id),
-            predicted=counts.get((b.id, "predicted"), 0), errors=counts.get((b.id, "error"), 0),
-            duplicates=counts.get((b.id, "duplicate"), 0), pending=counts.get((b.id, "pending"), 0),
-            chunks=chunk_counts.get(b.id, {}), correct=correct, labelled=labelled, error=b.error,
-            seconds=round((end - aware(b.created_at)).total_seconds(), 3), ingest=ingest,
-        ))
+        out.append(
+            BatchProgress(
+                batch_id=b.id,
+                source=b.source,
+                kind=b.kind,
+                status=b.status,
+                model_version=b.model_version,
+                items=sum(v for (i, _), v in counts.items() if i == b.id),
+                predicted=counts.get((b.id, "predicted"), 0),
+                errors=counts.get((b.id, "error"), 0),
+                duplicates=counts.get((b.id, "duplicate"), 0),
+                pending=counts.get((b.id, "pending"), 0),
+                chunks=chunk_counts.get(b.id, {}),
+                correct=correct,
+                labelled=labelled,
+                error=b.error,
+                seconds=round((end - aware(b.created_at)).total_seconds(), 3),
+                ingest=ingest,
+            )
+        )
     return out
 
 
 def connected_workers() -> list[dict[str, Any]]:
     cutoff = utcnow() - timedelta(seconds=WORKER_STALE_SECONDS)
     with session() as sess:
-        rows = sess.scalars(select(WorkerHeartbeat).where(WorkerHeartbeat.last_seen >= cutoff,
-                                                          WorkerHeartbeat.role == "worker")
-                            .order_by(WorkerHeartbeat.name)).all()
-        return [{"name": r.name, "concurrency": r.concurrency,
-                 "last_seen": aware(r.last_seen).isoformat()} for r in rows]
+        rows = sess.scalars(
+            select(WorkerHeartbeat)
+            .where(WorkerHeartbeat.last_seen >= cutoff, WorkerHeartbeat.role == "worker")
+            .order_by(WorkerHeartbeat.name)
+        ).all()
+        return [
+            {
+                "name": r.name,
+                "concurrency": r.concurrency,
+                "last_seen": aware(r.last_seen).isoformat(),
+            }
+            for r in rows
+        ]
 
 
 def queue_depth() -> dict[str, int]:
     with session() as sess:
         rows = sess.execute(
-            select(Chunk.state, func.count()).where(Chunk.state.in_(("queued", "running")))
+            select(Chunk.state, func.count())
+            .where(Chunk.state.in_(("queued", "running")))
             .group_by(Chunk.state)
         ).all()
     return {state: int(n) for state, n in rows}
@@ -144,28 +173,65 @@ def queue_depth() -> dict[str, int]:
 def last_exports(limit: int = 5) -> list[dict[str, Any]]:
     with session() as sess:
         rows = sess.scalars(select(Export).order_by(Export.id.desc()).limit(limit)).all()
-        return [{"batch_id": r.batch_id, "path": r.path, "trigger": r.trigger, "rows": r.rows,
-                 "created_at": aware(r.created_at).isoformat()} for r in rows]
+        return [
+            {
+                "batch_id": r.batch_id,
+                "path": r.path,
+                "trigger": r.trigger,
+                "rows": r.rows,
+                "created_at": aware(r.created_at).isoformat(),
+            }
+            for r in rows
+        ]
 
 
-RESULT_COLUMNS = ["batch_id", "item_id", "image_id", "source", "status", "label", "confidence",
-                  "margin", "needs_review", "model_version", "true_label", "error"]
+RESULT_COLUMNS = [
+    "batch_id",
+    "item_id",
+    "image_id",
+    "source",
+    "status",
+    "label",
+    "confidence",
+    "margin",
+    "needs_review",
+    "model_version",
+    "true_label",
+    "error",
+]
 
 
-def results(batch_id: int | None = None, below: float | None = None, limit: int | None = None,
-            source_like: str | None = None, model_version: int | None = None
-            ) -> list[dict[str, Any]]:
+def results(
+    batch_id: int | None = None,
+    below: float | None = None,
+    limit: int | None = None,
+    source_like: str | None = None,
+    model_version: int | None = None,
+) -> list[dict[str, Any]]:
     """One row per item with its prediction by the batch's pinned version (or ``model_version``)."""
     version = model_version if model_version is not None else Batch.model_version
     query = (
-        select(Item.batch_id, Item.id, Item.position, Item.source_ref, Item.status,
-               Prediction.label, Prediction.confidence, Prediction.margin,
-               Prediction.needs_review, Prediction.model_version, Item.true_label,
-               ItemError.reason)
+        select(
+            Item.batch_id,
+            Item.id,
+            Item.position,
+            Item.source_ref,
+            Item.status,
+            Prediction.label,
+            Prediction.confidence,
+            Prediction.margin,
+            Prediction.needs_review,
+            Prediction.model_version,
+            Item.true_label,
+            ItemError.reason,
+        )
         .join(Batch, Batch.id == Item.batch_id)
         # a duplicate shows the prediction of the item it repeats
-        .outerjoin(Prediction, (Prediction.item_id == func.coalesce(Item.duplicate_of, Item.id))
-                   & (Prediction.model_version == version))
+        .outerjoin(
+            Prediction,
+            (Prediction.item_id == func.coalesce(Item.duplicate_of, Item.id))
+            & (Prediction.model_version == version),
+        )
         .outerjoin(ItemError, ItemError.item_id == Item.id)
         .order_by(Item.batch_id, Item.position)
     )

@@ -30,9 +30,15 @@ def refusal(path: Path) -> str | None:
         target = os.readlink(path)
         return f"symbolic link: refused, links are never followed (points to {target[:200]})"
     if not stat.S_ISREG(st.st_mode):
-        kind = ("FIFO" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode)
-                else "device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-                else "special file")
+        kind = (
+            "FIFO"
+            if stat.S_ISFIFO(st.st_mode)
+            else "socket"
+            if stat.S_ISSOCK(st.st_mode)
+            else "device"
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+            else "special file"
+        )
         return f"not a regular file ({kind})"
     return None
 

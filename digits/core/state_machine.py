@@ -75,8 +75,13 @@ def stop_batch(sess: Session, batch_id: int, status: str, error: str, reason: st
     sess.execute(
         update(Chunk)
         .where(Chunk.batch_id == batch_id, Chunk.state.not_in(TERMINAL_CHUNK))
-        .values(state="cancelled", lease_owner=None, lease_expires_at=None, error=error,
-                finished_at=utcnow())
+        .values(
+            state="cancelled",
+            lease_owner=None,
+            lease_expires_at=None,
+            error=error,
+            finished_at=utcnow(),
+        )
         .execution_options(synchronize_session=False)
     )
     pending = sess.scalars(

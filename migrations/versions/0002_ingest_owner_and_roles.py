@@ -21,9 +21,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("batches", schema=None) as batch_op:
         batch_op.add_column(sa.Column("ingest_owner", sa.String(length=255), nullable=True))
-        batch_op.add_column(
-            sa.Column("ingest_seen_at", sa.DateTime(timezone=True), nullable=True)
-        )
+        batch_op.add_column(sa.Column("ingest_seen_at", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("workers", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("role", sa.String(length=16), nullable=False, server_default="worker")

@@ -16,6 +16,7 @@ from model_store.aliases import (
     alias_target,
     all_aliases,
     history,
+    resolve_active,
     rollback,
     rollback_target,
     set_alias,
@@ -25,15 +26,16 @@ from model_store.registry import (
     ModelVersion,
     default_version,
     register,
-    resolve_active,
 )
 from tests.conftest import SAMPLE
 
 
 def copy_of_default() -> ModelVersion:
     bundled = default_version()
-    return register(bundled.model_file, {k: v for k, v in bundled.card.items()
-                                         if k not in ("sha256", "version")})
+    return register(
+        bundled.model_file,
+        {k: v for k, v in bundled.card.items() if k not in ("sha256", "version")},
+    )
 
 
 def moves(alias: str = "production") -> list[tuple[int | None, int, str]]:
@@ -106,11 +108,18 @@ def move(src: int | None, dst: int, reason: str = "promote") -> AliasChange:
         ([move(2, 4), move(3, 2, "rollback"), move(2, 3), move(1, 2)], 2),
         ([move(None, 1)], None),
     ],
-    ids=["one-move", "two-moves", "after-a-rollback", "all-undone", "move-after-rollback",
-         "first-set"],
+    ids=[
+        "one-move",
+        "two-moves",
+        "after-a-rollback",
+        "all-undone",
+        "move-after-rollback",
+        "first-set",
+    ],
 )
-def test_rollback_undoes_moves_like_a_stack(newest_first: list[AliasChange],
-                                            target: int | None) -> None:
+def test_rollback_undoes_moves_like_a_stack(
+    newest_first: list[AliasChange], target: int | None
+) -> None:
     assert rollback_target(newest_first) == target
 
 
@@ -120,16 +129,26 @@ def test_an_alias_naming_a_version_no_longer_installed_says_how_to_fix_it(backen
     gone = copy_of_default()
     set_alias("production", gone.version, "release")
     shutil.rmtree(gone.path)
-    with pytest.raises(ModelError, match=(
+    with pytest.raises(
+        ModelError,
+        match=(
             rf"the production alias names version {gone.version}, which is not installed .*"
-            rf"digits models promote {default_version().version}$")):
+            rf"digits models promote {default_version().version}$"
+        ),
+    ):
         resolve_active()
     cli = [sys.executable, "-m", "digits.cli"]
-    listed = subprocess.run([*cli, "models", "list"], capture_output=True, text=True,
-                            env=dict(os.environ), timeout=60)
+    listed = subprocess.run(
+        [*cli, "models", "list"], capture_output=True, text=True, env=dict(os.environ), timeout=60
+    )
     assert listed.returncode == 0, listed.stderr[-2000:]
     assert "warning: the production alias names" in listed.stderr, listed.stderr[-2000:]
-    refused = subprocess.run([*cli, "enqueue", str(SAMPLE)], capture_output=True, text=True,
-                             env=dict(os.environ), timeout=60)
+    refused = subprocess.run(
+        [*cli, "enqueue", str(SAMPLE)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=60,
+    )
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert refused.stderr.startswith("error: the production alias names version")

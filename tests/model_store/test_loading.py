@@ -33,8 +33,9 @@ def empty_model_cache() -> Iterator[None]:
     evict_idle(max_idle=-1)
 
 
-def small_model(input_shape: tuple[int, ...] = (28, 28, 1), outputs: int = 10,
-                with_lambda: bool = False) -> Any:
+def small_model(
+    input_shape: tuple[int, ...] = (28, 28, 1), outputs: int = 10, with_lambda: bool = False
+) -> Any:
     import keras
     from keras import layers
 
@@ -54,8 +55,10 @@ def saved(model: Any, path: Path) -> Path:
 def copy_of_default() -> ModelVersion:
     """A registered byte-for-byte copy of the bundled model (a fresh, loadable version)."""
     bundled = default_version()
-    return register(bundled.model_file, {k: v for k, v in bundled.card.items()
-                                         if k not in ("sha256", "version")})
+    return register(
+        bundled.model_file,
+        {k: v for k, v in bundled.card.items() if k not in ("sha256", "version")},
+    )
 
 
 def flip_byte(path: Path, offset: int | None = None) -> None:
@@ -111,11 +114,18 @@ def five_outputs(tmp: Path) -> ModelVersion:
         (input_32x32, r"signature \(None, 32, 32, 1\)"),
         (five_outputs, r"signature .* \(None, 5\)"),
     ],
-    ids=["lambda-layer", "hdf5-named-keras", "h5-file-only", "tampered-hash", "input-32x32",
-         "five-outputs"],
+    ids=[
+        "lambda-layer",
+        "hdf5-named-keras",
+        "h5-file-only",
+        "tampered-hash",
+        "input-32x32",
+        "five-outputs",
+    ],
 )
-def test_safe_loading_refuses(make: Callable[[Path], ModelVersion], message: str, home: Path,
-                              tmp_path: Path) -> None:
+def test_safe_loading_refuses(
+    make: Callable[[Path], ModelVersion], message: str, home: Path, tmp_path: Path
+) -> None:
     from model_store.loading import load
 
     version = make(tmp_path)

@@ -28,9 +28,14 @@ ROWS = np.array([7, 11, 20, 31])
         ([[0, 1, 2, 3]], [0, 1, 2, 3], ([0], [], 0)),
     ],
 )
-def test_member_overlap(members: list[list[int]], ensemble: list[int],
-                        expected: tuple[list[int], list[int], int]) -> None:
+def test_member_overlap(
+    members: list[list[int]], ensemble: list[int], expected: tuple[list[int], list[int], int]
+) -> None:
     result = member_overlap([onehot(m) for m in members], onehot(ensemble), LABELS, ROWS)
     errors, rows, shared = expected
-    assert result == {"member_errors": errors, "ensemble_errors": len(rows),
-                      "made_by_every_member": shared, "error_rows": rows}
+    assert result == {
+        "member_errors": errors,
+        "ensemble_errors": len(rows),
+        "made_by_every_member": shared,
+        "error_rows": rows,
+    }

@@ -29,8 +29,10 @@ def db(home: Path) -> Path:
 
 def copy_of_default() -> ModelVersion:
     bundled = default_version()
-    return register(bundled.model_file, {k: v for k, v in bundled.card.items()
-                                         if k not in ("sha256", "version")})
+    return register(
+        bundled.model_file,
+        {k: v for k, v in bundled.card.items() if k not in ("sha256", "version")},
+    )
 
 
 def untrained_mlp(tmp: Path) -> ModelVersion:
@@ -63,8 +65,11 @@ def test_tampered_model_is_refused_even_with_force(force: bool, db: Path) -> Non
 def test_worse_model_is_refused_unless_forced(db: Path, tmp_path: Path) -> None:
     worse = untrained_mlp(tmp_path).version
     base = default_version().version
-    with pytest.raises(PromotionError, match=rf"golden accuracy .* is below production "
-                                             rf"v{base}'s .* use --force"):
+    with pytest.raises(
+        PromotionError,
+        match=rf"golden accuracy .* is below production "
+        rf"v{base}'s .* use --force",
+    ):
         promote(worse)
     assert resolve_active().version == base and history("production") == []
 
@@ -77,8 +82,9 @@ def test_worse_model_is_refused_unless_forced(db: Path, tmp_path: Path) -> None:
     assert entry.reason.startswith("emergency test") and entry.reason.endswith("[forced]")
 
 
-@pytest.mark.parametrize("start", ["default", "worse"],
-                         ids=["equal-to-production", "better-than-production"])
+@pytest.mark.parametrize(
+    "start", ["default", "worse"], ids=["equal-to-production", "better-than-production"]
+)
 def test_equal_or_better_model_moves_the_alias(start: str, db: Path, tmp_path: Path) -> None:
     if start == "worse":
         promote(untrained_mlp(tmp_path).version, force=True)
@@ -110,8 +116,10 @@ def test_cli_refusal_is_one_red_line_without_traceback(db: Path, tmp_path: Path)
     tampered = copy_of_default()
     flip_byte(tampered.model_file)
     worse = untrained_mlp(tmp_path).version
-    for args in (["models", "promote", str(tampered.version), "--force"],
-                 ["models", "promote", str(worse)]):
+    for args in (
+        ["models", "promote", str(tampered.version), "--force"],
+        ["models", "promote", str(worse)],
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 1, result.output
         errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -149,15 +157,19 @@ def test_cli_promote_history_rollback_show_and_list(db: Path) -> None:
 
 def version_counts(batch_id: int) -> dict[int, int]:
     with session() as sess:
-        return dict(sess.execute(
-            select(Prediction.model_version, func.count())
-            .join(Item, Item.id == Prediction.item_id)
-            .where(Item.batch_id == batch_id).group_by(Prediction.model_version)
-        ).all())
+        return dict(
+            sess.execute(
+                select(Prediction.model_version, func.count())
+                .join(Item, Item.id == Prediction.item_id)
+                .where(Item.batch_id == batch_id)
+                .group_by(Prediction.model_version)
+            ).all()
+        )
 
 
-def test_hot_swap_with_a_live_worker(backend: str, worker_factory: Any,
-                                     sample_rows: list[str], tmp_path: Path) -> None:
+def test_hot_swap_with_a_live_worker(
+    backend: str, worker_factory: Any, sample_rows: list[str], tmp_path: Path
+) -> None:
     """Promote between two batches: each keeps its pinned version, the same process serves
     both (one prefork child, so the swap happens inside it), nothing fails or restarts."""
     from digits.app.runner import wait_for
@@ -181,7 +193,10 @@ def test_hot_swap_with_a_live_worker(backend: str, worker_factory: Any,
     assert version_counts(first.batch_id) == {version_a: 120}
     assert version_counts(second.batch_id) == {version_b: 120}
     with session() as sess:
-        chunks = sess.execute(select(Chunk.state, Chunk.attempts).join(Batch).where(
-            Batch.id.in_([first.batch_id, second.batch_id]))).all()
+        chunks = sess.execute(
+            select(Chunk.state, Chunk.attempts)
+            .join(Batch)
+            .where(Batch.id.in_([first.batch_id, second.batch_id]))
+        ).all()
     assert {tuple(c) for c in chunks} == {("done", 1)}  # no failed or retried chunk
     assert worker.proc.poll() is None and worker.children() == children, worker.tail()

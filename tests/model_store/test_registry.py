@@ -22,11 +22,18 @@ def test_a_trained_version_with_a_bundled_number_is_reported_not_silently_swappe
     assert shadowed_versions() == [clash]
     assert get_version(bundled.version).bundled
     assert [v.version for v in list_versions()].count(bundled.version) == 1
-    result = subprocess.run([sys.executable, "-m", "digits.cli", "models", "list"],
-                            capture_output=True, text=True, env=dict(os.environ), timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "digits.cli", "models", "list"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
-    assert f"warning: {clash} is hidden: this release bundles its own v{bundled.version}" \
+    assert (
+        f"warning: {clash} is hidden: this release bundles its own v{bundled.version}"
         in result.stderr
+    )
 
 
 def test_no_warning_without_a_clash(home: Path) -> None:

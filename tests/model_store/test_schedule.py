@@ -29,9 +29,11 @@ def test_unshortened_schedule_is_keras_cosine_decay_with_warmup(step: int) -> No
 
     steps, epochs = 296, 50  # v3's recipe: 37,800 rows in batches of 128
     keras_schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=steps * epochs, warmup_target=PEAK_LEARNING_RATE, warmup_steps=steps)
+        0.0, decay_steps=steps * epochs, warmup_target=PEAK_LEARNING_RATE, warmup_steps=steps
+    )
     assert learning_rate(step, steps, epochs) == pytest.approx(
-        float(keras_schedule(step)), rel=1e-5, abs=1e-9)
+        float(keras_schedule(step)), rel=1e-5, abs=1e-9
+    )
 
 
 @pytest.mark.parametrize(
@@ -60,8 +62,7 @@ def test_fitted_epochs(done: int, pace: float, remaining: float, expected: int) 
         ([40.0, 70.0, 100.0, 160.0], 40.0),  # a slow epoch counts while it is recent
     ],
 )
-def test_pace_is_measured_over_the_recent_epochs(ends: list[float],
-                                                 expected: float | None) -> None:
+def test_pace_is_measured_over_the_recent_epochs(ends: list[float], expected: float | None) -> None:
     assert pace(ends) == expected
 
 
@@ -76,10 +77,12 @@ def test_pace_is_measured_over_the_recent_epochs(ends: list[float],
         (2, 5, [60, 60]),  # more jobs than members: one wave
     ],
 )
-def test_member_deadlines_share_the_limit_between_waves(members: int, jobs: int,
-                                                        expected: list[int]) -> None:
+def test_member_deadlines_share_the_limit_between_waves(
+    members: int, jobs: int, expected: list[int]
+) -> None:
     assert member_deadlines(1000.0, 60.0, members, jobs) == pytest.approx(
-        [1000.0 + e for e in expected])
+        [1000.0 + e for e in expected]
+    )
 
 
 @pytest.mark.slow
@@ -90,9 +93,25 @@ def test_schedule_shortened_by_the_time_limit_still_anneals(home: Path) -> None:
     out of reach on any machine.)"""
     new = list_versions()[-1].version + 1
     result = subprocess.run(
-        [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "cnn-lite",
-         "--epochs", "5000", "--max-minutes", "0.5"],
-        capture_output=True, text=True, env=dict(os.environ), timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "digits.cli",
+            "train",
+            "--data",
+            str(SAMPLE),
+            "--arch",
+            "cnn-lite",
+            "--epochs",
+            "5000",
+            "--max-minutes",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     card = json.loads((home / "models" / f"v{new}" / "card.json").read_text())
     training = card["training"]
@@ -116,9 +135,29 @@ def test_members_beyond_jobs_get_their_share_of_the_time_limit(home: Path) -> No
     a member's start-up (TensorFlow import, build, first trace) took most of a 15-s share."""
     new = list_versions()[-1].version + 1
     result = subprocess.run(
-        [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "cnn-lite",
-         "--ensemble", "2", "--jobs", "1", "--epochs", "5000", "--max-minutes", "1"],
-        capture_output=True, text=True, env=dict(os.environ), timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "digits.cli",
+            "train",
+            "--data",
+            str(SAMPLE),
+            "--arch",
+            "cnn-lite",
+            "--ensemble",
+            "2",
+            "--jobs",
+            "1",
+            "--epochs",
+            "5000",
+            "--max-minutes",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     card = json.loads((home / "models" / f"v{new}" / "card.json").read_text())
     training = card["training"]
@@ -140,7 +179,8 @@ def test_members_beyond_jobs_get_their_share_of_the_time_limit(home: Path) -> No
     ],
 )
 def test_teachers_get_their_share_of_the_planned_work(
-        teacher_epochs: int, teacher_rows: int, student_epochs: int, student_rows: int,
-        share: float) -> None:
-    assert teacher_share(teacher_epochs, teacher_rows, student_epochs,
-                         student_rows) == pytest.approx(share)
+    teacher_epochs: int, teacher_rows: int, student_epochs: int, student_rows: int, share: float
+) -> None:
+    assert teacher_share(
+        teacher_epochs, teacher_rows, student_epochs, student_rows
+    ) == pytest.approx(share)

@@ -27,9 +27,24 @@ def test_train_registers_a_version_with_its_card(home: Path) -> None:
     bundled = [v.version for v in list_versions()]
     new = bundled[-1] + 1
     result = subprocess.run(
-        [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "mlp",
-         "--epochs", "2", "--quiet"],
-        capture_output=True, text=True, env=dict(os.environ), timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "digits.cli",
+            "train",
+            "--data",
+            str(SAMPLE),
+            "--arch",
+            "mlp",
+            "--epochs",
+            "2",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"registered model version {new} (mlp)" in result.stdout
     card = json.loads((home / "models" / f"v{new}" / "card.json").read_text())
@@ -42,24 +57,48 @@ def test_train_registers_a_version_with_its_card(home: Path) -> None:
     assert card["training"]["machine"].count(", ") >= 2  # architecture, cores, CPU model
     assert card["calibration"]["temperature"] > 0
     assert 0 <= card["validation"]["review_threshold"]["coverage"] <= 1
-    listed = subprocess.run([sys.executable, "-m", "digits.cli", "models", "list", "--json"],
-                            capture_output=True, text=True, env=dict(os.environ), timeout=60)
+    listed = subprocess.run(
+        [sys.executable, "-m", "digits.cli", "models", "list", "--json"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=60,
+    )
     assert [v["version"] for v in json.loads(listed.stdout)] == [*bundled, new]
 
 
 def test_train_ensemble_is_one_safely_loadable_version(home: Path) -> None:
     new = list_versions()[-1].version + 1
     result = subprocess.run(
-        [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "cnn-lite",
-         "--ensemble", "2", "--epochs", "1", "--elastic"],
-        capture_output=True, text=True, env=dict(os.environ), timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "digits.cli",
+            "train",
+            "--data",
+            str(SAMPLE),
+            "--arch",
+            "cnn-lite",
+            "--ensemble",
+            "2",
+            "--epochs",
+            "1",
+            "--elastic",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(ensemble of 2 cnn-lite)" in result.stdout
     # Without a terminal: one line per member epoch, none lost when the last member ends
     # (180 training rows in batches of 128: 2 steps per member epoch, 4 in all).
     lines = [line for line in result.stderr.splitlines() if " steps  member " in line]
     assert sorted(line.split("steps  ")[1].split(":")[0] for line in lines) == [
-        "member 1/2 epoch 1/1", "member 2/2 epoch 1/1"]
+        "member 1/2 epoch 1/1",
+        "member 2/2 epoch 1/1",
+    ]
     assert lines[-1].split("] ")[1].startswith("4/4 steps")
     from model_store.loading import load
     from model_store.registry import get_version
@@ -81,8 +120,7 @@ def test_train_ensemble_is_one_safely_loadable_version(home: Path) -> None:
     assert probs.shape == (3, 10) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_pseudo_labelled_training_teaches_students_on_more_rows(home: Path,
-                                                                tmp_path: Path) -> None:
+def test_pseudo_labelled_training_teaches_students_on_more_rows(home: Path, tmp_path: Path) -> None:
     """Teachers train first, label an unlabelled file, and the students, trained on the
     labelled rows plus those labels, make the version. The unlabelled file is the sample
     without its label column, so it holds the 20 held-out rows: they must be dropped."""
@@ -91,17 +129,43 @@ def test_pseudo_labelled_training_teaches_students_on_more_rows(home: Path,
         unlabelled.write_text("".join(line.split(",", 1)[1] for line in fh))
     new = list_versions()[-1].version + 1
     result = subprocess.run(
-        [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "cnn-lite",
-         "--ensemble", "2", "--epochs", "2", "--teacher-epochs", "1", "--pseudo-label",
-         str(unlabelled), "--pseudo-threshold", "0.1"],
-        capture_output=True, text=True, env=dict(os.environ), timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "digits.cli",
+            "train",
+            "--data",
+            str(SAMPLE),
+            "--arch",
+            "cnn-lite",
+            "--ensemble",
+            "2",
+            "--epochs",
+            "2",
+            "--teacher-epochs",
+            "1",
+            "--pseudo-label",
+            str(unlabelled),
+            "--pseudo-threshold",
+            "0.1",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     # One line per teacher and member epoch; the total counts both rounds' steps (180 rows:
     # 2 steps per teacher epoch; 180 + 180 pseudo-labelled rows: 3 per student epoch).
     lines = [line.split("] ")[1] for line in result.stderr.splitlines() if " steps  " in line]
     assert sorted(line.split("steps  ")[1].split(":")[0] for line in lines) == [
-        "member 1/2 epoch 1/2", "member 1/2 epoch 2/2", "member 2/2 epoch 1/2",
-        "member 2/2 epoch 2/2", "teacher 1/2 epoch 1/1", "teacher 2/2 epoch 1/1"]
+        "member 1/2 epoch 1/2",
+        "member 1/2 epoch 2/2",
+        "member 2/2 epoch 1/2",
+        "member 2/2 epoch 2/2",
+        "teacher 1/2 epoch 1/1",
+        "teacher 2/2 epoch 1/1",
+    ]
     assert lines[-1].startswith("16/16 steps")
     from model_store.loading import load
     from model_store.registry import get_version
@@ -113,18 +177,25 @@ def test_pseudo_labelled_training_teaches_students_on_more_rows(home: Path,
     assert pseudo["kept"] == sum(pseudo["kept_per_class"]) == 180  # all, at threshold 0.1
     assert pseudo["threshold"] == 0.1 and pseudo["teacher_epochs"] == 1
     assert 0 <= pseudo["teacher_validation_errors"] <= 20
-    assert [(t["seed"], t["training_rows"]) for t in pseudo["teachers"]] == [(0, 180),
-                                                                            (1000, 180)]
-    assert [(m["seed"], m["training_rows"]) for m in training["members"]] == [(2000, 360),
-                                                                             (3000, 360)]
+    assert [(t["seed"], t["training_rows"]) for t in pseudo["teachers"]] == [(0, 180), (1000, 180)]
+    assert [(m["seed"], m["training_rows"]) for m in training["members"]] == [
+        (2000, 360),
+        (3000, 360),
+    ]
     assert version.card["validation_split"]["train_rows"] == 180  # labelled rows only
     model = load(version)  # the students only: the teachers are not part of the version
     assert [layer.name for layer in model.layers[1:]] == ["member_1", "member_2", "probabilities"]
-    shown = subprocess.run([sys.executable, "-m", "digits.cli", "models", "show", str(new)],
-                           capture_output=True, text=True, env=dict(os.environ), timeout=60)
-    assert (f"pseudo-labels     180 of 200 rows of unlabelled.csv (sha256 "
-            f"{pseudo['sha256'][:16]}…) labelled at ≥ 0.1 by 2 teachers of 1 epochs"
-            ) in shown.stdout
+    shown = subprocess.run(
+        [sys.executable, "-m", "digits.cli", "models", "show", str(new)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=60,
+    )
+    assert (
+        f"pseudo-labels     180 of 200 rows of unlabelled.csv (sha256 "
+        f"{pseudo['sha256'][:16]}…) labelled at ≥ 0.1 by 2 teachers of 1 epochs"
+    ) in shown.stdout
 
 
 def test_bf16_training_saves_a_float32_model(home: Path) -> None:
@@ -132,10 +203,33 @@ def test_bf16_training_saves_a_float32_model(home: Path) -> None:
     float32 like every other version, or each worker would score in (possibly emulated) bf16."""
     new = list_versions()[-1].version + 1
     result = subprocess.run(
-        [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "cnn-lite",
-         "--ensemble", "2", "--jobs", "1", "--epochs", "1", "--precision", "bf16", "--quiet",
-         "--no-degrade", "--label-smoothing", "0.1"],
-        capture_output=True, text=True, env=dict(os.environ), timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "digits.cli",
+            "train",
+            "--data",
+            str(SAMPLE),
+            "--arch",
+            "cnn-lite",
+            "--ensemble",
+            "2",
+            "--jobs",
+            "1",
+            "--epochs",
+            "1",
+            "--precision",
+            "bf16",
+            "--quiet",
+            "--no-degrade",
+            "--label-smoothing",
+            "0.1",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     from model_store.loading import load
     from model_store.registry import get_version
@@ -178,11 +272,29 @@ def test_stopping_train_ends_its_member_processes(home: Path, how: str) -> None:
     with one clear line and exit 130; SIGKILL of the parent alone (the worst case: no handler
     runs, like an OOM kill) must not leave its members training on, orphaned, for an hour."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), "--arch", "cnn-lite",
-         "--ensemble", "2", "--jobs", "2", "--epochs", "1000"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+        [
+            sys.executable,
+            "-m",
+            "digits.cli",
+            "train",
+            "--data",
+            str(SAMPLE),
+            "--arch",
+            "cnn-lite",
+            "--ensemble",
+            "2",
+            "--jobs",
+            "2",
+            "--epochs",
+            "1000",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
         start_new_session=True,  # its own process group, like a command run in a terminal
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even if CI ignores it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # even if CI ignores it
     assert proc.stderr is not None
     for line in proc.stderr:  # without a terminal, one line per member epoch
         if "epoch 1/1000:" in line:
@@ -206,9 +318,22 @@ def test_stopping_train_ends_its_member_processes(home: Path, how: str) -> None:
 
 def test_models_evaluate_re_measures_a_version_on_the_held_out_rows(home: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "digits.cli", "models", "evaluate", str(default_version().version),
-         "--data", str(SAMPLE), "--json"],
-        capture_output=True, text=True, env=dict(os.environ), timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "digits.cli",
+            "models",
+            "evaluate",
+            str(default_version().version),
+            "--data",
+            str(SAMPLE),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     measured = json.loads(result.stdout)
     clean, scans = measured["clean"], measured["scans"]
@@ -223,39 +348,53 @@ def test_models_evaluate_re_measures_a_version_on_the_held_out_rows(home: Path) 
     assert 0 <= members["made_by_every_member"] <= min(members["member_errors"])
     missing = subprocess.run(
         [sys.executable, "-m", "digits.cli", "models", "evaluate", "99", "--data", str(SAMPLE)],
-        capture_output=True, text=True, env=dict(os.environ), timeout=300)
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=300,
+    )
     assert missing.returncode != 0 and "model version 99 does not exist" in missing.stderr
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--arch", "mlp", "--ensemble", "2"], "--ensemble needs a CNN"),
-    (["--arch", "resnet"], "unknown architecture 'resnet': choose one of mlp, cnn, cnn-lite"),
-    (["--ensemble", "0"], "Invalid value for '--ensemble'"),
-    (["--precision", "fp16"], "unknown precision 'fp16': choose one of float32, bf16"),
-    (["--pseudo-label", "missing.csv"], "missing.csv: no such file"),
-    (["--pseudo-label", str(SAMPLE), "--pseudo-threshold", "0"],
-     "--pseudo-threshold must be above 0 and at most 1, not 0.0"),
-    (["--arch", "mlp", "--pseudo-label", str(SAMPLE)], "--pseudo-label needs a CNN"),
-    (["--label-smoothing", "1"], "--label-smoothing must be at least 0 and below 1, not 1.0"),
-    # The training file itself, passed by mistake: refused before anything trains.
-    (["--pseudo-label", str(SAMPLE)], "has a label column: pseudo-labelling takes an unlabelled"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--arch", "mlp", "--ensemble", "2"], "--ensemble needs a CNN"),
+        (["--arch", "resnet"], "unknown architecture 'resnet': choose one of mlp, cnn, cnn-lite"),
+        (["--ensemble", "0"], "Invalid value for '--ensemble'"),
+        (["--precision", "fp16"], "unknown precision 'fp16': choose one of float32, bf16"),
+        (["--pseudo-label", "missing.csv"], "missing.csv: no such file"),
+        (
+            ["--pseudo-label", str(SAMPLE), "--pseudo-threshold", "0"],
+            "--pseudo-threshold must be above 0 and at most 1, not 0.0",
+        ),
+        (["--arch", "mlp", "--pseudo-label", str(SAMPLE)], "--pseudo-label needs a CNN"),
+        (["--label-smoothing", "1"], "--label-smoothing must be at least 0 and below 1, not 1.0"),
+        # The training file itself, passed by mistake: refused before anything trains.
+        (
+            ["--pseudo-label", str(SAMPLE)],
+            "has a label column: pseudo-labelling takes an unlabelled",
+        ),
+    ],
+)
 def test_train_refuses_bad_options(home: Path, args: list[str], message: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "digits.cli", "train", "--data", str(SAMPLE), *args],
-        capture_output=True, text=True, env=dict(os.environ), timeout=60)
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=60,
+    )
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(("threshold", "coverage"), [(0.0, 1.0), (0.95, 0.5), (1.01, 0.0)])
-def test_review_threshold_reports_coverage_and_accuracy(threshold: float,
-                                                        coverage: float) -> None:
+def test_review_threshold_reports_coverage_and_accuracy(threshold: float, coverage: float) -> None:
     probs = np.array([[0.99] + [0.01 / 9] * 9, [0.5, 0.5] + [0.0] * 8])
     report = evaluate(probs, np.array([0, 1]), 1.0, threshold)["review_threshold"]
     assert report["coverage"] == coverage
-    assert report["accuracy_above"] == (None if coverage == 0 else 1.0 if coverage == 0.5
-                                        else 0.5)
+    assert report["accuracy_above"] == (None if coverage == 0 else 1.0 if coverage == 0.5 else 0.5)
 
 
 @pytest.mark.parametrize("share", [0.0, 1.0])
@@ -316,11 +455,14 @@ def test_background_work_hands_back_its_result_or_its_error(fail: bool) -> None:
         assert result() == 49
 
 
-@pytest.mark.parametrize(("smoothing", "expected"), [
-    (0.0, 0.0),  # a certain, right prediction costs nothing with plain labels
-    # with smoothing the target is 0.91 on the label and 0.01 elsewhere: certainty costs
-    (0.1, -(0.91 * np.log(1 - 9e-7) + 9 * 0.01 * np.log(1e-7))),
-])
+@pytest.mark.parametrize(
+    ("smoothing", "expected"),
+    [
+        (0.0, 0.0),  # a certain, right prediction costs nothing with plain labels
+        # with smoothing the target is 0.91 on the label and 0.01 elsewhere: certainty costs
+        (0.1, -(0.91 * np.log(1 - 9e-7) + 9 * 0.01 * np.log(1e-7))),
+    ],
+)
 def test_label_smoothing_penalises_certainty(smoothing: float, expected: float) -> None:
     import keras
 

@@ -90,7 +90,10 @@ def beat_scheduler(backend: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
 
 @pytest.mark.parametrize("backend", ["services"], indirect=True)
 def test_beat_fires_the_nightly_export_once_per_batch(
-    beat_scheduler: None, worker_factory: type, sample_rows: list[str], tmp_path: Path,
+    beat_scheduler: None,
+    worker_factory: type,
+    sample_rows: list[str],
+    tmp_path: Path,
 ) -> None:
     from digits.core.settings import get_settings
     from scheduler.export import export_since_last
@@ -110,12 +113,14 @@ def test_beat_fires_the_nightly_export_once_per_batch(
     assert set(rows) == {csv_batch.batch_id, image_batch.batch_id}, worker.tail()
     assert {row.trigger for row in rows.values()} == {"nightly"}
     manifest = check_export_folder(rows[csv_batch.batch_id], items=101, labelled=100, errors=1)
-    assert manifest["errors"] == [{"image_id": 10, "reason": "row 10: expected 785 fields, "
-                                   "got 784"}]
+    assert manifest["errors"] == [
+        {"image_id": 10, "reason": "row 10: expected 785 fields, got 784"}
+    ]
     assert manifest["kind"] == "csv" and manifest["source_sha256"] and "files" not in manifest
     manifest = check_export_folder(rows[image_batch.batch_id], items=6, labelled=5, errors=1)
     assert manifest["files"] == {str(i + 1): f"scan{i:02d}.png" for i in range(5)} | {
-        "6": "zz-notes.png"}
+        "6": "zz-notes.png"
+    }
     assert manifest["errors"][0]["image_id"] == 6
     # idempotent: more beats and a run by hand write nothing new
     root = get_settings().exports_dir
@@ -132,12 +137,20 @@ def files_in(root: Path) -> dict[Path, tuple[int, bytes]]:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "digits.cli", *args], capture_output=True,
-                          text=True, env=dict(os.environ), timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "digits.cli", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=120,
+    )
 
 
 def test_export_since_last_by_hand_concurrent_runs_write_each_batch_once(
-    backend: str, worker_factory: type, sample_rows: list[str], tmp_path: Path,
+    backend: str,
+    worker_factory: type,
+    sample_rows: list[str],
+    tmp_path: Path,
 ) -> None:
     """A batch exported with `digits export --batch` is recorded (manual) and skipped; a run
     waits while another holds a batch's claim and then skips it; three `digits export
@@ -148,37 +161,61 @@ def test_export_since_last_by_hand_concurrent_runs_write_each_batch_once(
 
     worker = worker_factory(concurrency=1)
     worker.wait_ready()
-    batches = [enqueue_csv(write_csv(tmp_path / f"part{i}.csv",
-                                     sample_rows[:1] + sample_rows[1 + 40 * i : 41 + 40 * i]))
-               for i in range(5)]
+    batches = [
+        enqueue_csv(
+            write_csv(
+                tmp_path / f"part{i}.csv", sample_rows[:1] + sample_rows[1 + 40 * i : 41 + 40 * i]
+            )
+        )
+        for i in range(5)
+    ]
     wait_for([b.batch_id for b in batches], timeout=120)
-    by_hand = cli("export", "--batch", str(batches[-1].batch_id), "--out",
-                  str(tmp_path / "by-hand.csv"))
+    by_hand = cli(
+        "export", "--batch", str(batches[-1].batch_id), "--out", str(tmp_path / "by-hand.csv")
+    )
     assert by_hand.returncode == 0 and "wrote 40 rows" in by_hand.stdout, by_hand.stderr
     [manual] = exports()
     assert (manual.batch_id, manual.trigger, manual.rows, manual.path) == (
-        batches[-1].batch_id, "manual", 40, str(tmp_path / "by-hand.csv"))
+        batches[-1].batch_id,
+        "manual",
+        40,
+        str(tmp_path / "by-hand.csv"),
+    )
     # another run holds batch 1's claim (lock on its row): ours must wait, then skip it
     first = batches[0].batch_id
     result: dict[str, object] = {}
-    racer = threading.Thread(target=lambda: result.update(
-        done=export_one(first, export_day(), "nightly")))
+    racer = threading.Thread(
+        target=lambda: result.update(done=export_one(first, export_day(), "nightly"))
+    )
     with session(write=True) as sess:
         sess.get(Batch, first, with_for_update=True)
         racer.start()
         racer.join(1.5)
         assert racer.is_alive()  # blocked on the claim
-        sess.add(Export(batch_id=first, path="written-by-the-other-run", trigger="nightly",
-                        rows=40, sha256="0" * 64))
+        sess.add(
+            Export(
+                batch_id=first,
+                path="written-by-the-other-run",
+                trigger="nightly",
+                rows=40,
+                sha256="0" * 64,
+            )
+        )
     racer.join(60)
     assert not racer.is_alive() and result == {"done": None}
-    procs = [subprocess.Popen([sys.executable, "-m", "digits.cli", "export", "--since-last"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=dict(os.environ)) for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "digits.cli", "export", "--since-last"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+        )
+        for _ in range(3)
+    ]
     outputs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
-    reported = re.findall(r"^batch (\d+): 40/40 rows → (\S+)", "".join(o for o, _ in outputs),
-                          re.M)
+    reported = re.findall(r"^batch (\d+): 40/40 rows → (\S+)", "".join(o for o, _ in outputs), re.M)
     expected = [b.batch_id for b in batches[1:-1]]
     assert sorted(int(b) for b, _ in reported) == expected
     rows = exports()[2:]
@@ -199,13 +236,19 @@ def test_export_since_last_by_hand_concurrent_runs_write_each_batch_once(
 
 @pytest.mark.parametrize(
     ("zone", "now", "day"),
-    [("UTC", datetime(2026, 1, 1, 23, 30, tzinfo=UTC), "2026-01-01"),
-     ("Asia/Tokyo", datetime(2026, 1, 1, 23, 30, tzinfo=UTC), "2026-01-02"),
-     ("America/New_York", datetime(2026, 1, 2, 3, 0, tzinfo=UTC), "2026-01-01"),
-     ("Not/AZone", datetime(2026, 1, 1, 23, 30, tzinfo=UTC), "2026-01-01")],
+    [
+        ("UTC", datetime(2026, 1, 1, 23, 30, tzinfo=UTC), "2026-01-01"),
+        ("Asia/Tokyo", datetime(2026, 1, 1, 23, 30, tzinfo=UTC), "2026-01-02"),
+        ("America/New_York", datetime(2026, 1, 2, 3, 0, tzinfo=UTC), "2026-01-01"),
+        ("Not/AZone", datetime(2026, 1, 1, 23, 30, tzinfo=UTC), "2026-01-01"),
+    ],
 )
 def test_the_date_folder_is_the_day_in_the_export_time_zone(
-    home: Path, monkeypatch: pytest.MonkeyPatch, zone: str, now: datetime, day: str,
+    home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    zone: str,
+    now: datetime,
+    day: str,
 ) -> None:
     from digits.core.settings import get_settings
     from scheduler.export import export_day

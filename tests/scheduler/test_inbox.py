@@ -47,9 +47,16 @@ def inbox(home: Path) -> Inbox:
 
 @pytest.mark.parametrize(
     ("name", "touched", "claimed"),
-    [("a.png", False, True), ("a.png", True, False), (".hidden.png", False, False),
-     ("..%2f..%2fetc%2fpasswd.png", False, True), ("..png", False, True),
-     ("a.png.part", False, False), ("A.PNG.TMP", False, False), ("x.crdownload", False, False)],
+    [
+        ("a.png", False, True),
+        ("a.png", True, False),
+        (".hidden.png", False, False),
+        ("..%2f..%2fetc%2fpasswd.png", False, True),
+        ("..png", False, True),
+        ("a.png.part", False, False),
+        ("A.PNG.TMP", False, False),
+        ("x.crdownload", False, False),
+    ],
 )
 def test_an_entry_is_claimed_once_unchanged_for_the_settle_time(
     inbox: Inbox, name: str, touched: bool, claimed: bool
@@ -109,7 +116,9 @@ def wait_batches(n: int, timeout: float = 60) -> list[int]:
 
 
 def test_drops_become_batches_with_dedupe_and_failed_files(
-    scheduler_thread: threading.Event, worker_factory: type, sample_rows: list[str],
+    scheduler_thread: threading.Event,
+    worker_factory: type,
+    sample_rows: list[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from digits.core.settings import get_settings
@@ -125,8 +134,11 @@ def test_drops_become_batches_with_dedupe_and_failed_files(
     drop(inbox_dir, "again.png", images[0][0])  # the same content as "scan 0 ü.png"
     [_, second] = wait_batches(2)
     with session() as sess:
-        items = sess.execute(select(Item.batch_id, Item.source_ref, Item.status, Item.path,
-                                    Item.duplicate_of).order_by(Item.id)).all()
+        items = sess.execute(
+            select(
+                Item.batch_id, Item.source_ref, Item.status, Item.path, Item.duplicate_of
+            ).order_by(Item.id)
+        ).all()
         predictions = sess.scalar(select(Prediction.id).order_by(Prediction.id.desc()))
     by_name = {ref: (b, status, path, dup) for b, ref, status, path, dup in items}
     assert by_name["-notes.png"][1] == "error"
@@ -146,8 +158,9 @@ def test_drops_become_batches_with_dedupe_and_failed_files(
     assert first < second
 
 
-def test_reconcile_recovers_claimed_and_committed_drops(backend: str, inbox: Inbox,
-                                                        sample_rows: list[str]) -> None:
+def test_reconcile_recovers_claimed_and_committed_drops(
+    backend: str, inbox: Inbox, sample_rows: list[str]
+) -> None:
     """A scheduler killed after claiming (not yet a batch) or after committing (not yet moved)."""
     images = scans(sample_rows, 4)
     claimed = inbox.root / "processing" / "20260101T000000-aaaaaa"
@@ -156,8 +169,14 @@ def test_reconcile_recovers_claimed_and_committed_drops(backend: str, inbox: Inb
         folder.mkdir()
         for i, (data, ext, _) in enumerate(part):
             (folder / f"{i}{ext}").write_bytes(data)
-    enqueue_files(committed, image_files(committed), source="inbox:" + committed.name,
-                  final_root=inbox.final_dir(committed), dedupe=True, send=False)
+    enqueue_files(
+        committed,
+        image_files(committed),
+        source="inbox:" + committed.name,
+        final_root=inbox.final_dir(committed),
+        dedupe=True,
+        send=False,
+    )
     recovered = inbox.reconcile()
     assert [r.drop for r in recovered] == [claimed.name]
     assert not any((inbox.root / "processing").iterdir())
@@ -168,8 +187,9 @@ def test_reconcile_recovers_claimed_and_committed_drops(backend: str, inbox: Inb
     assert len(paths) == 4 and all(Path(str(p)).is_file() for p in paths)
 
 
-def test_watch_mode_latency(scheduler_thread: threading.Event, worker_factory: type,
-                            sample_rows: list[str]) -> None:
+def test_watch_mode_latency(
+    scheduler_thread: threading.Event, worker_factory: type, sample_rows: list[str]
+) -> None:
     """A dropped file has its prediction committed within 2 s at p95 (measured, printed)."""
     from digits.core.settings import get_settings
 
@@ -189,9 +209,11 @@ def test_watch_mode_latency(scheduler_thread: threading.Event, worker_factory: t
     latencies: list[float] = []
     while time.monotonic() < deadline:
         with session() as sess:
-            rows = sess.execute(select(Item.source_ref, Prediction.created_at)
-                                .join(Prediction, Prediction.item_id == Item.id)
-                                .where(Item.source_ref.like("lat%"))).all()
+            rows = sess.execute(
+                select(Item.source_ref, Prediction.created_at)
+                .join(Prediction, Prediction.item_id == Item.id)
+                .where(Item.source_ref.like("lat%"))
+            ).all()
         if len(rows) == 20:
             latencies = [aware(created).timestamp() - dropped[ref] for ref, created in rows]
             break
@@ -216,7 +238,11 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 
 def test_links_fifos_and_dotdot_names_each_get_an_item_and_nothing_outside_is_touched(
-    backend: str, inbox: Inbox, worker_factory: type, sample_rows: list[str], tmp_path: Path,
+    backend: str,
+    inbox: Inbox,
+    worker_factory: type,
+    sample_rows: list[str],
+    tmp_path: Path,
 ) -> None:
     """Before: a linked folder was followed (its files listed and its non-images moved into
     failed/), a FIFO and a "..name" were skipped with no item. Now every entry is an item:
@@ -242,28 +268,44 @@ def test_links_fifos_and_dotdot_names_each_get_an_item_and_nothing_outside_is_to
     states = wait_for([i.batch_id for i in ingested], timeout=90)
     assert all(s.status == "done" for s in states)
     with session() as sess:
-        rows = dict(sess.execute(
-            select(Item.source_ref, ItemError.reason)
-            .outerjoin(ItemError, ItemError.item_id == Item.id)).all())
+        rows = dict(
+            sess.execute(
+                select(Item.source_ref, ItemError.reason).outerjoin(
+                    ItemError, ItemError.item_id == Item.id
+                )
+            ).all()
+        )
     link = "symbolic link: refused, links are never followed (points to "
     assert rows == {
-        "linkdir": f"{link}{outside})", "linkfile.png": f"{link}{outside / 'a.png'})",
-        "up.png": f"{link}..)", "abs.png": f"{link}/etc/passwd)",
+        "linkdir": f"{link}{outside})",
+        "linkfile.png": f"{link}{outside / 'a.png'})",
+        "up.png": f"{link}..)",
+        "abs.png": f"{link}/etc/passwd)",
         "fifo.png": "not a regular file (FIFO)",
-        "..%2f..%2fetc%2fpasswd.png": None, "good.png": None,
-        "inner-link": f"{link}{outside})", "x.png": None,
+        "..%2f..%2fetc%2fpasswd.png": None,
+        "good.png": None,
+        "inner-link": f"{link}{outside})",
+        "x.png": None,
     }
     moved = inbox.file_failures()
     assert moved == 6
-    links = [Path(top) / name for top, dirs, files in os.walk(root / "failed")
-             for name in dirs + files if (Path(top) / name).is_symlink()]
+    links = [
+        Path(top) / name
+        for top, dirs, files in os.walk(root / "failed")
+        for name in dirs + files
+        if (Path(top) / name).is_symlink()
+    ]
     assert len(links) == 5  # the links themselves were moved, never their targets
     assert snapshot(outside) == before  # nothing outside listed, moved or changed
     assert (root / "failed").resolve() not in [p.resolve() for p in outside.rglob("*")]
 
 
 def test_a_link_swapped_in_after_the_scan_or_after_the_claim_is_never_followed(
-    backend: str, inbox: Inbox, worker_factory: type, sample_rows: list[str], tmp_path: Path,
+    backend: str,
+    inbox: Inbox,
+    worker_factory: type,
+    sample_rows: list[str],
+    tmp_path: Path,
 ) -> None:
     """Between the scan and the claim, and again between ingestion and the worker's read, a
     regular scan is replaced by a link to a file outside: the claim moves the link itself,
@@ -280,8 +322,9 @@ def test_a_link_swapped_in_after_the_scan_or_after_the_claim_is_never_followed(
     os.symlink(outside / "a.png", inbox.root / "swap.png")
     [drop_dir] = inbox.claim(files, folders)
     assert (drop_dir / "swap.png").is_symlink()
-    done = enqueue_files(drop_dir, image_files(drop_dir), source="inbox:" + drop_dir.name,
-                         send=False)
+    done = enqueue_files(
+        drop_dir, image_files(drop_dir), source="inbox:" + drop_dir.name, send=False
+    )
     late = drop_dir / "late.png"
     late.unlink()
     os.symlink(outside / "a.png", late)
@@ -292,10 +335,13 @@ def test_a_link_swapped_in_after_the_scan_or_after_the_claim_is_never_followed(
     worker.wait_ready()
     [state] = wait_for([done.batch_id], timeout=90)
     with session() as sess:
-        reasons = dict(sess.execute(
-            select(Item.source_ref, ItemError.reason)
-            .join(ItemError, ItemError.item_id == Item.id)
-            .where(Item.batch_id == done.batch_id)).all())
+        reasons = dict(
+            sess.execute(
+                select(Item.source_ref, ItemError.reason)
+                .join(ItemError, ItemError.item_id == Item.id)
+                .where(Item.batch_id == done.batch_id)
+            ).all()
+        )
     assert state.predicted == 0
     assert set(reasons) == {"swap.png", "late.png"}
     assert all(r.startswith("symbolic link: refused") for r in reasons.values()), reasons
@@ -308,14 +354,16 @@ def slow_writer(path: Path, data: bytes, parts: int = 4, pause: float = 1.0) -> 
     size = -(-len(data) // parts)
     with path.open("wb") as fh:
         for i in range(parts):
-            fh.write(data[i * size:(i + 1) * size])
+            fh.write(data[i * size : (i + 1) * size])
             fh.flush()
             if i < parts - 1:
                 time.sleep(pause)
 
 
 def test_a_file_written_slowly_is_claimed_only_once_complete(
-    scheduler_thread: threading.Event, worker_factory: type, sample_rows: list[str],
+    scheduler_thread: threading.Event,
+    worker_factory: type,
+    sample_rows: list[str],
 ) -> None:
     """A JPEG written in four parts one second apart, into the watched inbox. Before: claimed
     after the first part and filed as "truncated or corrupt image" while the writer went on
@@ -336,17 +384,24 @@ def test_a_file_written_slowly_is_claimed_only_once_complete(
         created = aware(sess.scalar(select(Batch.created_at).where(Batch.id == batch_id)))
     assert created.timestamp() >= complete_at - 0.05, "claimed before the writer finished"
     with session() as sess:
-        rows = sess.execute(select(Item.status, ItemError.reason)
-                            .outerjoin(ItemError, ItemError.item_id == Item.id)
-                            .where(Item.batch_id == batch_id)).all()
+        rows = sess.execute(
+            select(Item.status, ItemError.reason)
+            .outerjoin(ItemError, ItemError.item_id == Item.id)
+            .where(Item.batch_id == batch_id)
+        ).all()
     assert rows == [("predicted", None)], rows
     assert not [p for p in (inbox_dir / "failed").rglob("*") if p.is_file()]
-    print(f"slow writer: 4 parts over {written:.1f} s, claimed complete, scored "
-          f"{time.monotonic() - started:.1f} s after the first byte")
+    print(
+        f"slow writer: 4 parts over {written:.1f} s, claimed complete, scored "
+        f"{time.monotonic() - started:.1f} s after the first byte"
+    )
 
 
 def test_a_file_claimed_half_written_is_read_again_not_called_broken(
-    backend: str, worker_factory: type, sample_rows: list[str], tmp_path: Path,
+    backend: str,
+    worker_factory: type,
+    sample_rows: list[str],
+    tmp_path: Path,
 ) -> None:
     """The settle time can be beaten (a writer that pauses longer, a close-write between
     parts): the worker gets half a JPEG. Because the file is fresh and still changing, it is
@@ -391,9 +446,13 @@ def test_a_file_claimed_half_written_is_read_again_not_called_broken(
     [state] = wait_for([done.batch_id], timeout=60)
     assert state.status == "done"
     with session() as sess:
-        rows = dict(sess.execute(select(Item.source_ref, ItemError.reason)
-                                 .outerjoin(ItemError, ItemError.item_id == Item.id)
-                                 .where(Item.batch_id == done.batch_id)).all())
+        rows = dict(
+            sess.execute(
+                select(Item.source_ref, ItemError.reason)
+                .outerjoin(ItemError, ItemError.item_id == Item.id)
+                .where(Item.batch_id == done.batch_id)
+            ).all()
+        )
     assert rows["growing.jpg"] is None, rows
     assert str(rows["broken.jpg"]).startswith("truncated or corrupt image"), rows
     assert "event=file_still_arriving" in worker.tail()

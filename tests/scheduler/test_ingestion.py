@@ -62,14 +62,24 @@ def big_csv(folder: Path, sample_rows: list[str], rows: int = ROWS) -> Path:
 
 
 def cli(*args: str, **kwargs: object) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "digits.cli", *args], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=dict(os.environ), **kwargs)  # type: ignore[call-overload]
+    return subprocess.Popen(
+        [sys.executable, "-m", "digits.cli", *args],
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ),
+        **kwargs,
+    )  # type: ignore[call-overload]
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "digits.cli", *args], capture_output=True,
-                          text=True, env=dict(os.environ), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "digits.cli", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=timeout,
+    )
 
 
 def the_batch() -> int:
@@ -79,8 +89,10 @@ def the_batch() -> int:
 
 def chunks_of(batch_id: int) -> int:
     with session() as sess:
-        return int(sess.scalar(select(func.count()).select_from(Chunk)
-                               .where(Chunk.batch_id == batch_id)) or 0)
+        return int(
+            sess.scalar(select(func.count()).select_from(Chunk).where(Chunk.batch_id == batch_id))
+            or 0
+        )
 
 
 def positions_are_whole(batch_id: int, rows: int) -> bool:
@@ -90,7 +102,10 @@ def positions_are_whole(batch_id: int, rows: int) -> bool:
 
 
 def test_sigkill_mid_ingest_is_interrupted_not_done_and_resume_finishes_it(
-    backend: str, sample_rows: list[str], tmp_path: Path, worker_factory: type,
+    backend: str,
+    sample_rows: list[str],
+    tmp_path: Path,
+    worker_factory: type,
 ) -> None:
     """`digits enqueue` SIGKILLed half-way through a 40,000-row CSV. Before: the batch stayed
     `enqueueing` for good with the rows read so far, and status showed their share done.
@@ -125,15 +140,27 @@ def test_sigkill_mid_ingest_is_interrupted_not_done_and_resume_finishes_it(
     [state] = wait_for([batch_id], timeout=240)
     assert state.status == "done", worker.tail()
     figures = outcome([batch_id])
-    assert (figures["items"], figures["predicted"], figures["lost"], figures["duplicates"]) \
-        == (ROWS, ROWS, 0, 0)
-    report(f"sigkill_enqueue_then_resume[{backend}]", rows=ROWS, ingested_at_kill=at_kill,
-           resume_seconds=round(resume_seconds, 1),
-           scored_seconds=round(time.monotonic() - started, 1), lost=0, duplicates=0)
+    assert (figures["items"], figures["predicted"], figures["lost"], figures["duplicates"]) == (
+        ROWS,
+        ROWS,
+        0,
+        0,
+    )
+    report(
+        f"sigkill_enqueue_then_resume[{backend}]",
+        rows=ROWS,
+        ingested_at_kill=at_kill,
+        resume_seconds=round(resume_seconds, 1),
+        scored_seconds=round(time.monotonic() - started, 1),
+        lost=0,
+        duplicates=0,
+    )
 
 
 def test_sigint_of_digits_run_says_what_it_leaves_and_cancel_stops_it(
-    backend: str, sample_rows: list[str], tmp_path: Path,
+    backend: str,
+    sample_rows: list[str],
+    tmp_path: Path,
 ) -> None:
     """Ctrl-C (SIGINT) of `digits run` while it ingests: exit 130, no traceback, one line per
     batch left with the commands that finish or drop it; `digits cancel` then stops the batch:
@@ -163,14 +190,23 @@ def test_sigint_of_digits_run_says_what_it_leaves_and_cancel_stops_it(
     assert reasons <= {"predicted", "error"}
     again = run_cli("cancel", str(batch_id))
     assert again.returncode == 1 and "already cancelled" in again.stderr
-    report(f"sigint_run_then_cancel[{backend}]", items=figures["items"],
-           predicted=figures["predicted"], cancelled_items=figures["errors"], lost=0,
-           duplicates=0)
+    report(
+        f"sigint_run_then_cancel[{backend}]",
+        items=figures["items"],
+        predicted=figures["predicted"],
+        cancelled_items=figures["errors"],
+        lost=0,
+        duplicates=0,
+    )
 
 
 def test_redis_killed_while_enqueueing_loses_no_row(
-    sample_rows: list[str], tmp_path: Path, worker_factory: type, home: Path,
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+    sample_rows: list[str],
+    tmp_path: Path,
+    worker_factory: type,
+    home: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A non-persistent Redis SIGKILLed while `digits enqueue` streams, back 3 s later.
     Before: rc 1 with a kombu traceback, the batch stuck `enqueueing` with the rows read so
@@ -200,13 +236,21 @@ def test_redis_killed_while_enqueueing_loses_no_row(
     assert state.status == "done", worker.tail()
     figures = outcome([batch_id])
     assert (figures["predicted"], figures["lost"], figures["duplicates"]) == (ROWS, 0, 0)
-    report("redis_killed_while_enqueueing", rows=ROWS, chunks_at_kill=killed_at_chunks,
-           enqueue_rc=proc.returncode, scored_seconds=round(time.monotonic() - started, 1),
-           lost=0, duplicates=0)
+    report(
+        "redis_killed_while_enqueueing",
+        rows=ROWS,
+        chunks_at_kill=killed_at_chunks,
+        enqueue_rc=proc.returncode,
+        scored_seconds=round(time.monotonic() - started, 1),
+        lost=0,
+        duplicates=0,
+    )
 
 
 def test_a_truncated_gzip_fails_its_batch_and_leaves_nothing_queued(
-    backend: str, sample_rows: list[str], tmp_path: Path,
+    backend: str,
+    sample_rows: list[str],
+    tmp_path: Path,
 ) -> None:
     """A gzip cut at 60 %: the rows before the cut were ingested (and sent) before the file
     turned out broken. Before: 12 chunks stayed queued inside a failed batch. Now the batch

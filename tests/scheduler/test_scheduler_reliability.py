@@ -46,8 +46,12 @@ class Scheduler:
         self.log = log
         out = open(log, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "digits.cli", "scheduler", "--no-beat"], stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ))
+            [sys.executable, "-m", "digits.cli", "scheduler", "--no-beat"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(os.environ),
+        )
         out.close()
 
     def kill(self) -> None:
@@ -91,13 +95,20 @@ def all_batches_finished(expected_items: int) -> bool:
     with session() as sess:
         statuses = sess.scalars(select(Batch.status)).all()
         items = sess.scalar(select(func.count()).select_from(Item)) or 0
-    return items >= expected_items and bool(statuses) and all(
-        s in ("done", "failed") for s in statuses)
+    return (
+        items >= expected_items
+        and bool(statuses)
+        and all(s in ("done", "failed") for s in statuses)
+    )
 
 
 def test_scheduler_killed_right_after_claiming_loses_and_repeats_nothing(
-    backend: str, worker_factory: type, schedulers: list[Scheduler], sample_rows: list[str],
-    tmp_path: Path, home: Path,
+    backend: str,
+    worker_factory: type,
+    schedulers: list[Scheduler],
+    sample_rows: list[str],
+    tmp_path: Path,
+    home: Path,
 ) -> None:
     """SIGKILL `digits scheduler` the moment a drop appears in processing/ (claimed: renamed
     out of the inbox, maybe not yet a batch), start a new one: it finishes the drop. Every
@@ -115,8 +126,7 @@ def test_scheduler_killed_right_after_claiming_loses_and_repeats_nothing(
     text = tmp_path / "src" / "notes.png"
     text.write_text("a text file renamed .png\n")
     drop(inbox, [*files, text])
-    wait_until(lambda: any(processing.iterdir()), 30, interval=0.002,
-               what="a drop to be claimed")
+    wait_until(lambda: any(processing.iterdir()), 30, interval=0.002, what="a drop to be claimed")
     first.kill()
     killed = time.monotonic()
     with session() as sess:
@@ -124,13 +134,22 @@ def test_scheduler_killed_right_after_claiming_loses_and_repeats_nothing(
     left = sorted(p.name for p in processing.iterdir())
     second = Scheduler(home / "scheduler-1.log")
     schedulers.append(second)
-    wait_until(lambda: all_batches_finished(9), 90, interval=0.2,
-               what="the drop to be finished by the new scheduler")
+    wait_until(
+        lambda: all_batches_finished(9),
+        90,
+        interval=0.2,
+        what="the drop to be finished by the new scheduler",
+    )
     recovered = time.monotonic() - killed
     with session() as sess:
         batch_ids = list(sess.scalars(select(Batch.id)).all())
-        reasons = dict(sess.execute(select(Item.source_ref, ItemError.reason)
-                                    .join(ItemError, ItemError.item_id == Item.id)).all())
+        reasons = dict(
+            sess.execute(
+                select(Item.source_ref, ItemError.reason).join(
+                    ItemError, ItemError.item_id == Item.id
+                )
+            ).all()
+        )
     wait_for(batch_ids, timeout=30)
     discard(worker)
     counts = inbox_items()
@@ -140,16 +159,29 @@ def test_scheduler_killed_right_after_claiming_loses_and_repeats_nothing(
     assert (figures["lost"], figures["duplicates"], figures["predicted"]) == (0, 0, 8)
     assert not any(processing.iterdir())
     kept = [p.name for p in (inbox / "processed").rglob("*") if p.is_file()]
-    kept += [p.name.split("-", 1)[1] for p in (inbox / "failed").rglob("*")
-             if p.is_file() and not p.name.endswith(".reason.txt")]  # "<item id>-<name>"
+    kept += [
+        p.name.split("-", 1)[1]
+        for p in (inbox / "failed").rglob("*")
+        if p.is_file() and not p.name.endswith(".reason.txt")
+    ]  # "<item id>-<name>"
     assert sorted(kept) == sorted(f.name for f in [*files, text])  # every file kept once
-    report(f"scheduler-killed-after-claim[{backend}]", files=9, lost=0, duplicates=0,
-           items_per_file=1, batches_committed_at_kill=committed, drops_left=len(left),
-           recover_s=round(recovered, 1))
+    report(
+        f"scheduler-killed-after-claim[{backend}]",
+        files=9,
+        lost=0,
+        duplicates=0,
+        items_per_file=1,
+        batches_committed_at_kill=committed,
+        drops_left=len(left),
+        recover_s=round(recovered, 1),
+    )
 
 
 def test_scheduler_killed_half_way_through_enqueueing_a_drop_is_redone(
-    backend: str, worker_factory: type, sample_rows: list[str], tmp_path: Path,
+    backend: str,
+    worker_factory: type,
+    sample_rows: list[str],
+    tmp_path: Path,
 ) -> None:
     """The narrowest window, made deterministic: the batch row of a claimed drop was committed
     but the scheduler died before its items and chunks were (status still ``enqueueing``).
@@ -172,8 +204,14 @@ def test_scheduler_killed_half_way_through_enqueueing_a_drop_is_redone(
     assert inbox_items() == {f.name: 1 for f in files}
     figures = outcome(batch_ids)
     assert (figures["lost"], figures["duplicates"], figures["predicted"]) == (0, 0, 5)
-    report(f"scheduler-killed-mid-enqueue[{backend}]", files=5, lost=0, duplicates=0,
-           partial_batch=partial, batches_after=batch_ids)
+    report(
+        f"scheduler-killed-mid-enqueue[{backend}]",
+        files=5,
+        lost=0,
+        duplicates=0,
+        partial_batch=partial,
+        batches_after=batch_ids,
+    )
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -209,22 +247,34 @@ def bad_images(good: bytes) -> dict[str, tuple[bytes, str]]:
         "bomb.png": (png_declaring(100_000, 100_000), "image too large: 100000x100000 pixels"),
         "layers.psd": (b"8BPS\x00\x01" + b"\x00" * 64, "not an accepted image type: .psd"),
         "doc.pdf": (b"%PDF-1.4\n", "not an accepted image type: .pdf"),
-        "vector.svg": (b"<svg xmlns='http://www.w3.org/2000/svg'/>",
-                       "not an accepted image type: .svg"),
+        "vector.svg": (
+            b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+            "not an accepted image type: .svg",
+        ),
         "figure.eps": (b"%!PS-Adobe-3.0 EPSF-3.0\n", "not an accepted image type: .eps"),
         "psd-inside.png": (b"8BPS\x00\x01" + b"\x00" * 64, "format PSD not accepted"),
         "pdf-inside.png": (b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n", "format PDF not accepted"),
-        "svg-inside.png": (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>',
-                           "format SVG not accepted"),
-        "eps-inside.jpg": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\n",
-                           "format EPS not accepted"),
-        "anim.gif": (encode(frames[0], "GIF", save_all=True, append_images=frames[1:]),
-                     "multi-frame image (3 frames)"),
-        "pages.tif": (encode(frames[0], "TIFF", save_all=True, append_images=frames[1:2]),
-                      "multi-frame image (2 frames)"),
+        "svg-inside.png": (
+            b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>',
+            "format SVG not accepted",
+        ),
+        "eps-inside.jpg": (
+            b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\n",
+            "format EPS not accepted",
+        ),
+        "anim.gif": (
+            encode(frames[0], "GIF", save_all=True, append_images=frames[1:]),
+            "multi-frame image (3 frames)",
+        ),
+        "pages.tif": (
+            encode(frames[0], "TIFF", save_all=True, append_images=frames[1:2]),
+            "multi-frame image (2 frames)",
+        ),
         "dot.png": (encode(Image.new("L", (1, 1), 0), "PNG"), "image too small: 1x1 pixels"),
-        "huge.png": (png + b"\x00" * (50 * 2**20), f"file too large: {len(png) + 50 * 2**20} "
-                                                   "bytes"),
+        "huge.png": (
+            png + b"\x00" * (50 * 2**20),
+            f"file too large: {len(png) + 50 * 2**20} bytes",
+        ),
     }
 
 
@@ -243,7 +293,10 @@ BAD_ROWS = {  # row text (given a label of 3) → reason
 
 
 def test_bad_inputs_get_a_recorded_reason_and_the_rest_is_scored(
-    backend: str, tmp_path: Path, sample_rows: list[str], monkeypatch: pytest.MonkeyPatch,
+    backend: str,
+    tmp_path: Path,
+    sample_rows: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The real CLI, `digits run --json -- -weird dir ü/ -rows.csv …` (names with leading
     dashes, spaces, unicode), on one folder of good and hostile images and on CSVs bad by
@@ -280,18 +333,45 @@ def test_bad_inputs_get_a_recorded_reason_and_the_rest_is_scored(
         (tmp_path / name).write_bytes(content)
     started = time.monotonic()
     run = subprocess.run(
-        [sys.executable, "-m", "digits.cli", "run", "--json", "--workers", "2", "--timeout",
-         "150", "--", "-weird dir ü/", "-rows.csv", *whole_file],
-        cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ), timeout=200)
+        [
+            sys.executable,
+            "-m",
+            "digits.cli",
+            "run",
+            "--json",
+            "--workers",
+            "2",
+            "--timeout",
+            "150",
+            "--",
+            "-weird dir ü/",
+            "-rows.csv",
+            *whole_file,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=200,
+    )
     seconds = time.monotonic() - started
     assert run.returncode == 1, run.stderr[-3000:]  # exit 1: some items have errors
     summary = json.loads(run.stdout)
     with session() as sess:
-        batches = {Path(source).name: (bid, status, error) for bid, source, status, error in
-                   sess.execute(select(Batch.id, Batch.source, Batch.status, Batch.error))}
-        reasons = {(bid, ref): reason for bid, ref, reason in sess.execute(
-            select(Item.batch_id, Item.source_ref, ItemError.reason)
-            .join(ItemError, ItemError.item_id == Item.id))}
+        batches = {
+            Path(source).name: (bid, status, error)
+            for bid, source, status, error in sess.execute(
+                select(Batch.id, Batch.source, Batch.status, Batch.error)
+            )
+        }
+        reasons = {
+            (bid, ref): reason
+            for bid, ref, reason in sess.execute(
+                select(Item.batch_id, Item.source_ref, ItemError.reason).join(
+                    ItemError, ItemError.item_id == Item.id
+                )
+            )
+        }
     images_id = batches["-weird dir ü"][0]
     rows_id = batches["-rows.csv"][0]
     for name, (_, reason) in expected.items():
@@ -299,9 +379,12 @@ def test_bad_inputs_get_a_recorded_reason_and_the_rest_is_scored(
         assert got.startswith(reason[:-1]) if reason.endswith("…") else got == reason, (name, got)
     csv_reasons = {ref: why for (bid, ref), why in list(reasons.items()) if bid == rows_id}
     assert sorted(csv_reasons.values()) == sorted(
-        [f"row {n}: {why}" for n, why in zip([3, 4, 6, 7, 8, 9, 10, 11, 12],
-                                             BAD_ROWS.values(), strict=True)]
-        + ["row 5: empty row", "row 16: label out of range 0–9: 12"]), csv_reasons
+        [
+            f"row {n}: {why}"
+            for n, why in zip([3, 4, 6, 7, 8, 9, 10, 11, 12], BAD_ROWS.values(), strict=True)
+        ]
+        + ["row 5: empty row", "row 16: label out of range 0–9: 12"]
+    ), csv_reasons
     for name, (_, message) in whole_file.items():
         _, status, error = batches[name]
         assert status == "failed" and message in (error or ""), (name, status, error)
@@ -310,7 +393,14 @@ def test_bad_inputs_get_a_recorded_reason_and_the_rest_is_scored(
     assert figures["predicted"] == 5 + 5  # 5 good scans (one twice), 5 good rows
     assert summary["items"] == len(expected) + 5 + 16 and summary["errors"] == figures["errors"]
     assert sorted(summary["failed_batches"]) == sorted(batches[n][0] for n in whole_file)
-    report(f"bad-input-cli[{backend}]", bad_files=len(expected), bad_rows=len(csv_reasons),
-           bad_csv_files=len(whole_file), reasons_recorded=len(expected) + len(csv_reasons)
-           + len(whole_file), good_scored=figures["predicted"], lost=0, duplicates=0,
-           seconds=round(seconds, 1))
+    report(
+        f"bad-input-cli[{backend}]",
+        bad_files=len(expected),
+        bad_rows=len(csv_reasons),
+        bad_csv_files=len(whole_file),
+        reasons_recorded=len(expected) + len(csv_reasons) + len(whole_file),
+        good_scored=figures["predicted"],
+        lost=0,
+        duplicates=0,
+        seconds=round(seconds, 1),
+    )

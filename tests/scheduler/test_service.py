@@ -42,9 +42,13 @@ def test_up_scores_dropped_files_and_stops_cleanly_on_sigterm(
     backend: str, home: Path, sample_rows: list[str], tmp_path: Path
 ) -> None:
     log = tmp_path / "up.log"
-    proc = subprocess.Popen([sys.executable, "-m", "digits.cli", "up", "--workers", "2"],
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                            env=dict(os.environ), start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "digits.cli", "up", "--workers", "2"],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ),
+        start_new_session=True,
+    )
     try:
         from digits.core.settings import get_settings
 
@@ -76,10 +80,12 @@ def test_up_scores_dropped_files_and_stops_cleanly_on_sigterm(
     assert code == 0, log.read_text()[-3000:]
     assert stopped < 30 and survivors == []
     with session() as sess:
-        assert sess.scalar(select(func.count()).select_from(Chunk)
-                           .where(Chunk.state != "done")) == 0
-        assert sess.scalar(select(func.count()).select_from(Item)
-                           .where(Item.status == "pending")) == 0
+        assert (
+            sess.scalar(select(func.count()).select_from(Chunk).where(Chunk.state != "done")) == 0
+        )
+        assert (
+            sess.scalar(select(func.count()).select_from(Item).where(Item.status == "pending")) == 0
+        )
     processed = [p for p in (inbox / "processed").rglob("*") if p.is_file()]
     assert len(processed) == 8
 
@@ -95,8 +101,10 @@ def test_a_missing_production_model_is_logged_once_and_the_drop_waits_for_the_fi
     from scheduler.service import run_scheduler
 
     bundled = default_version()
-    gone = register(bundled.model_file, {k: v for k, v in bundled.card.items()
-                                         if k not in ("sha256", "version")})
+    gone = register(
+        bundled.model_file,
+        {k: v for k, v in bundled.card.items() if k not in ("sha256", "version")},
+    )
     set_alias("production", gone.version, "release")
     shutil.rmtree(gone.path)
     caplog.set_level(logging.INFO, logger="digits.scheduler")

@@ -28,8 +28,12 @@ def test_processes_binding_at_once_on_the_embedded_broker_all_start(home: Path) 
     together bind their remote-control queues) all succeed and all bindings are kept: kombu
     alone created the table non-atomically, and a worker read it empty and died."""
     at = str(time.time() + 5)  # after every process has imported kombu and connected
-    procs = [subprocess.Popen([sys.executable, "-c", BIND, str(i), at], stderr=subprocess.PIPE,
-                              text=True) for i in range(PROCESSES)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", BIND, str(i), at], stderr=subprocess.PIPE, text=True
+        )
+        for i in range(PROCESSES)
+    ]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * PROCESSES, "\n".join(errors)[-3000:]
     table = json.loads((home / "broker" / "control" / "celery.pidbox.exchange").read_text())

@@ -24,7 +24,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_whole_worker_killed_then_restarted_completes(
-    backend: str, worker_factory: type, sample_rows: list[str], tmp_path: Path,
+    backend: str,
+    worker_factory: type,
+    sample_rows: list[str],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """SIGKILL the worker and all its children: in-flight messages may be lost for good (the
@@ -59,8 +62,9 @@ def test_whole_worker_killed_then_restarted_completes(
     print(f"[{backend}] whole-worker kill: 0 lost, 0 duplicates, recovered in {recovery:.1f} s")
 
 
-def test_same_chunk_twice_at_once_writes_once(backend: str, sample_rows: list[str],
-                                              tmp_path: Path) -> None:
+def test_same_chunk_twice_at_once_writes_once(
+    backend: str, sample_rows: list[str], tmp_path: Path
+) -> None:
     """Two processes (here: threads with their own connections) score one chunk together."""
     from worker.chunks import claim, write_results
 
@@ -73,14 +77,30 @@ def test_same_chunk_twice_at_once_writes_once(backend: str, sample_rows: list[st
     assert found is not None
     # the lease holder (this process) is alive, so another process's claim is refused ...
     other = subprocess.run(
-        [sys.executable, "-c", f"from worker.chunks import process_chunk; "
-                               f"print(process_chunk({chunk_id}))"],
-        capture_output=True, text=True, env=dict(os.environ), timeout=120)
+        [
+            sys.executable,
+            "-c",
+            f"from worker.chunks import process_chunk; print(process_chunk({chunk_id}))",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=120,
+    )
     assert other.stdout.strip() == "skipped", other.stderr[-2000:]
     # ... and two writers racing on the same results both finish, one row per item
-    rows = [{"item_id": i, "model_version": found.model_version, "label": 1, "confidence": 0.5,
-             "margin": 0.1, "needs_review": True, **{f"p{k}": 0.1 for k in range(10)}}
-            for i in range(1, 41)]
+    rows = [
+        {
+            "item_id": i,
+            "model_version": found.model_version,
+            "label": 1,
+            "confidence": 0.5,
+            "margin": 0.1,
+            "needs_review": True,
+            **{f"p{k}": 0.1 for k in range(10)},
+        }
+        for i in range(1, 41)
+    ]
     errors: list[BaseException] = []
 
     def write() -> None:
@@ -101,7 +121,10 @@ def test_same_chunk_twice_at_once_writes_once(backend: str, sample_rows: list[st
 
 
 def test_poison_chunk_is_quarantined_and_the_rest_goes_on(
-    backend: str, worker_factory: type, sample_rows: list[str], tmp_path: Path,
+    backend: str,
+    worker_factory: type,
+    sample_rows: list[str],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A chunk whose input kills its worker every time: quarantined after N attempts."""
@@ -114,8 +137,9 @@ def test_poison_chunk_is_quarantined_and_the_rest_goes_on(
     source = write_csv(tmp_path / "poison.csv", sample_rows[:61])
     done = enqueue_csv(source, chunk_size=20)
     with session() as sess:
-        poison = sess.scalars(select(Chunk).where(Chunk.batch_id == done.batch_id,
-                                                  Chunk.seq == 2)).one()
+        poison = sess.scalars(
+            select(Chunk).where(Chunk.batch_id == done.batch_id, Chunk.seq == 2)
+        ).one()
         ref = poison.ref
     staged = get_settings().staging_dir / ref
     staged.write_bytes(b"not an array")  # every attempt to read it fails
@@ -148,7 +172,10 @@ def _kill_mid_batch(worker_factory: type, source: Path) -> tuple[int, float]:
 
 
 def test_a_lone_worker_sweeps_and_recovers_within_the_lease(
-    backend: str, worker_factory: type, sample_rows: list[str], tmp_path: Path,
+    backend: str,
+    worker_factory: type,
+    sample_rows: list[str],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A whole worker SIGKILLed mid-batch, then a new `digits worker` with no scheduler and no
@@ -177,5 +204,7 @@ def test_a_lone_worker_sweeps_and_recovers_within_the_lease(
     counts = prediction_counts(batch_id)
     assert len(counts) == 6000 and set(counts.values()) == {1}
     assert recovery < 45, f"recovery took {recovery:.1f} s"
-    print(f"[{backend}] lone worker: 0 lost, 0 duplicates, done {recovery:.1f} s after the kill "
-          "(lease 6 s)")
+    print(
+        f"[{backend}] lone worker: 0 lost, 0 duplicates, done {recovery:.1f} s after the kill "
+        "(lease 6 s)"
+    )

@@ -21,7 +21,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("renewing", [True, False], ids=["renewing", "not-renewing"])
 def test_a_chunk_held_past_its_lease_stays_with_a_live_owner_only_while_renewed(
-    renewing: bool, backend: str, sample_rows: list[str], tmp_path: Path,
+    renewing: bool,
+    backend: str,
+    sample_rows: list[str],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A chunk is held for twice its 6-s lease while the real sweeper runs every second.

@@ -54,11 +54,19 @@ def test_local_workers_die_with_their_starter_when_it_is_sigkilled(
     prefork children) exits within seconds. Before: the worker and its two children lived on
     under PID 1."""
     source = write_csv(tmp_path / "big.csv", sample_rows[:1] + sample_rows[1:] * 200)  # 40,000
-    env = {**os.environ, "DIGITS_CHUNK_SIZE": "100", "DIGITS_TF_THREADS": "1",
-           "DIGITS_INBOX": str(tmp_path / "inbox")}
+    env = {
+        **os.environ,
+        "DIGITS_CHUNK_SIZE": "100",
+        "DIGITS_TF_THREADS": "1",
+        "DIGITS_INBOX": str(tmp_path / "inbox"),
+    }
     args = ["run", str(source), "--quiet"] if command == "run" else ["up", "--workers", "2"]
-    starter = subprocess.Popen([sys.executable, "-m", "digits.cli", *args], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    starter = subprocess.Popen(
+        [sys.executable, "-m", "digits.cli", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     tree: list[int] = []
     while time.monotonic() < deadline:  # a worker with its prefork children is up
@@ -80,5 +88,7 @@ def test_local_workers_die_with_their_starter_when_it_is_sigkilled(
     for pid in left:  # do not leave them to the next test
         os.kill(pid, signal.SIGKILL)
     assert not left, f"{len(left)} of {len(tree)} worker processes outlived `digits {command}`"
-    print(f"[{backend}] digits {command} SIGKILLed: {len(tree)} worker processes gone in "
-          f"{time.monotonic() - killed:.1f} s")
+    print(
+        f"[{backend}] digits {command} SIGKILLed: {len(tree)} worker processes gone in "
+        f"{time.monotonic() - killed:.1f} s"
+    )

@@ -42,8 +42,9 @@ def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     return out
 
 
-def total(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
-          **labels: str) -> float:
+def total(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
     want = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
 
@@ -80,8 +81,12 @@ def metrics_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
 
 @pytest.mark.parametrize("backend", ["embedded"], indirect=True)
 def test_worker_serves_metrics_after_scoring_a_batch(
-    backend: str, metrics_env: int, worker_factory: type, sample_rows: list[str],
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    backend: str,
+    metrics_env: int,
+    worker_factory: type,
+    sample_rows: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each prefork child writes its own files; the port answers with the merged totals."""
     from digits.core.settings import get_settings
@@ -124,8 +129,10 @@ def test_worker_serves_metrics_after_scoring_a_batch(
     thread = threading.Thread(target=run_scheduler, args=(stop,), kwargs={"beat": False})
     thread.start()
     try:
-        samples = wait_scrape(scheduler_port, lambda s: total(
-            s, "digits_queue_chunks", state="queued") == waiting.chunks)
+        samples = wait_scrape(
+            scheduler_port,
+            lambda s: total(s, "digits_queue_chunks", state="queued") == waiting.chunks,
+        )
         assert total(samples, "digits_queue_chunks", state="running") == 0
         assert total(samples, "digits_oldest_waiting_item_seconds") > 0
         # the stopped worker's files are ignored: its group no longer runs
@@ -139,13 +146,18 @@ def test_worker_serves_metrics_after_scoring_a_batch(
 
 @pytest.mark.parametrize(
     ("reason", "category"),
-    [("blank", "blank"), ("not an image", "not_an_image"),
-     ("truncated or corrupt image: broken data stream", "corrupt"),
-     ("image too large: 9000x9000 pixels", "too_large"), ("file too large: 9 bytes", "too_large"),
-     ("format PSD not accepted", "format"), ("cannot read file: No such file", "unreadable"),
-     ("chunk quarantined: failed 3 attempts; last: blank", "quarantined"),
-     ("row 10: expected 785 fields, got 784", "csv_row"),
-     ("something nobody foresaw 'with quotes' and\nnewlines", "other")],
+    [
+        ("blank", "blank"),
+        ("not an image", "not_an_image"),
+        ("truncated or corrupt image: broken data stream", "corrupt"),
+        ("image too large: 9000x9000 pixels", "too_large"),
+        ("file too large: 9 bytes", "too_large"),
+        ("format PSD not accepted", "format"),
+        ("cannot read file: No such file", "unreadable"),
+        ("chunk quarantined: failed 3 attempts; last: blank", "quarantined"),
+        ("row 10: expected 785 fields, got 784", "csv_row"),
+        ("something nobody foresaw 'with quotes' and\nnewlines", "other"),
+    ],
 )
 def test_error_reasons_become_a_bounded_label(reason: str, category: str) -> None:
     assert error_category(reason) == category

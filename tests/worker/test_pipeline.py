@@ -24,13 +24,15 @@ def prediction_counts(batch_id: int) -> dict[int, int]:
         rows = sess.execute(
             select(Item.id, func.count(Prediction.id))
             .outerjoin(Prediction, Prediction.item_id == Item.id)
-            .where(Item.batch_id == batch_id).group_by(Item.id)
+            .where(Item.batch_id == batch_id)
+            .group_by(Item.id)
         ).all()
     return {item_id: n for item_id, n in rows}
 
 
-def test_csv_batch_scored_with_errors_recorded(backend: str, worker_factory: type,
-                                               sample_rows: list[str], tmp_path: Path) -> None:
+def test_csv_batch_scored_with_errors_recorded(
+    backend: str, worker_factory: type, sample_rows: list[str], tmp_path: Path
+) -> None:
     lines = sample_rows[:101]
     lines.insert(10, "3," + ",".join(["0"] * 783))  # too few fields: data row 10
     lines.insert(50, "7," + ",".join(["300"] * 784))  # out of range: data row 50
@@ -48,29 +50,44 @@ def test_csv_batch_scored_with_errors_recorded(backend: str, worker_factory: typ
     assert state.correct / state.labelled >= 0.95
     with session() as sess:
         reasons = sess.execute(
-            select(Item.position, ItemError.reason).join(ItemError, ItemError.item_id == Item.id)
-            .where(Item.batch_id == done.batch_id).order_by(Item.position)
+            select(Item.position, ItemError.reason)
+            .join(ItemError, ItemError.item_id == Item.id)
+            .where(Item.batch_id == done.batch_id)
+            .order_by(Item.position)
         ).all()
         probs = sess.execute(
-            select(Prediction.p0 + Prediction.p1 + Prediction.p2 + Prediction.p3 + Prediction.p4
-                   + Prediction.p5 + Prediction.p6 + Prediction.p7 + Prediction.p8
-                   + Prediction.p9, Prediction.confidence, Prediction.margin)
+            select(
+                Prediction.p0
+                + Prediction.p1
+                + Prediction.p2
+                + Prediction.p3
+                + Prediction.p4
+                + Prediction.p5
+                + Prediction.p6
+                + Prediction.p7
+                + Prediction.p8
+                + Prediction.p9,
+                Prediction.confidence,
+                Prediction.margin,
+            )
         ).all()
     assert [tuple(r) for r in reasons] == [
         (10, "row 10: expected 785 fields, got 784"),
         (50, "row 50: pixel0 out of range 0–255: 300"),
     ]
-    assert all(abs(total - 1) < 1e-4 and 0 < conf <= 1 and 0 <= margin <= conf
-               for total, conf, margin in probs)
+    assert all(
+        abs(total - 1) < 1e-4 and 0 < conf <= 1 and 0 <= margin <= conf
+        for total, conf, margin in probs
+    )
     with pytest.raises(ExportError, match="2 ImageIds have no label"):
         export_batch(done.batch_id, tmp_path / "sub.csv")
     path, rows, _ = export_batch(done.batch_id, tmp_path / "sub.csv", partial=True)
     assert rows == 100 and path.read_text().startswith("ImageId,Label\n1,")
 
 
-def test_export_is_valid_atomic_and_byte_identical(backend: str, worker_factory: type,
-                                                   sample_rows: list[str],
-                                                   tmp_path: Path) -> None:
+def test_export_is_valid_atomic_and_byte_identical(
+    backend: str, worker_factory: type, sample_rows: list[str], tmp_path: Path
+) -> None:
     source = write_csv(tmp_path / "clean.csv", sample_rows)
     worker = worker_factory()
     done = enqueue_csv(source, chunk_size=64)
@@ -86,8 +103,9 @@ def test_export_is_valid_atomic_and_byte_identical(backend: str, worker_factory:
     assert [p.name for p in first.parent.iterdir()] == ["submission.csv"]  # no temp file left
 
 
-def test_redelivered_chunk_changes_nothing(backend: str, worker_factory: type,
-                                           sample_rows: list[str], tmp_path: Path) -> None:
+def test_redelivered_chunk_changes_nothing(
+    backend: str, worker_factory: type, sample_rows: list[str], tmp_path: Path
+) -> None:
     from worker.chunks import process_chunk
 
     source = write_csv(tmp_path / "clean.csv", sample_rows[:51])
@@ -102,7 +120,10 @@ def test_redelivered_chunk_changes_nothing(backend: str, worker_factory: type,
 
 
 def test_worker_child_killed_mid_run_leaves_exactly_one_prediction(
-    backend: str, worker_factory: type, sample_rows: list[str], tmp_path: Path,
+    backend: str,
+    worker_factory: type,
+    sample_rows: list[str],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """SIGKILL a prefork child while it holds a chunk: the chunk is redelivered and finished."""
@@ -115,8 +136,11 @@ def test_worker_child_killed_mid_run_leaves_exactly_one_prediction(
     deadline = time.monotonic() + 60
     while victim is None and time.monotonic() < deadline:
         with session() as sess:
-            owner = sess.scalar(select(Chunk.lease_owner).where(
-                Chunk.batch_id == done.batch_id, Chunk.state == "running"))
+            owner = sess.scalar(
+                select(Chunk.lease_owner).where(
+                    Chunk.batch_id == done.batch_id, Chunk.state == "running"
+                )
+            )
         if owner:
             victim = int(owner.rsplit(":", 1)[1])
         time.sleep(0.01)

@@ -73,8 +73,10 @@ _images.image_to_tensor = image_to_tensor
 def inject_crash_hook(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sitecustomize.py").write_text(CRASH_HOOK)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p))
+    monkeypatch.setenv(
+        "PYTHONPATH",
+        os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p),
+    )
 
 
 def warm_up(worker: object, folder: Path, sample_rows: list[str]) -> None:
@@ -86,7 +88,10 @@ def warm_up(worker: object, folder: Path, sample_rows: list[str]) -> None:
 
 
 def test_poison_chunks_that_hang_or_kill_their_worker_are_quarantined(
-    backend: str, worker_factory: type, sample_rows: list[str], tmp_path: Path,
+    backend: str,
+    worker_factory: type,
+    sample_rows: list[str],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """True poison, every attempt, in one batch of four 3-item chunks:
@@ -113,8 +118,7 @@ def test_poison_chunks_that_hang_or_kill_their_worker_are_quarantined(
     folder = tmp_path / "scans"
     write_scans(folder, sample_rows, 12)
     (folder / "scan10.png").write_bytes(CRASH_MARK + b" (stands for a decoder crash)")
-    done = enqueue_files(folder.resolve(), image_files(folder.resolve()), chunk_size=3,
-                         send=False)
+    done = enqueue_files(folder.resolve(), image_files(folder.resolve()), chunk_size=3, send=False)
     (folder / "scan04.png").write_bytes(HANG_MARK + b" (a decoder that never returns)")
     started = time.monotonic()
     send_chunks(done.chunk_ids)
@@ -122,11 +126,16 @@ def test_poison_chunks_that_hang_or_kill_their_worker_are_quarantined(
     seconds = time.monotonic() - started
     assert state.status == "done", worker.tail()
     with session() as sess:
-        chunks = sess.scalars(select(Chunk).where(Chunk.batch_id == done.batch_id)
-                              .order_by(Chunk.seq)).all()
-        reasons = dict(sess.execute(
-            select(Item.source_ref, ItemError.reason).join(ItemError, ItemError.item_id == Item.id)
-            .where(Item.batch_id == done.batch_id)).all())
+        chunks = sess.scalars(
+            select(Chunk).where(Chunk.batch_id == done.batch_id).order_by(Chunk.seq)
+        ).all()
+        reasons = dict(
+            sess.execute(
+                select(Item.source_ref, ItemError.reason)
+                .join(ItemError, ItemError.item_id == Item.id)
+                .where(Item.batch_id == done.batch_id)
+            ).all()
+        )
     log = worker.log.read_text()
     discard(worker)
     assert [c.state for c in chunks] == ["done", "quarantined", "done", "quarantined"], log
@@ -135,27 +144,40 @@ def test_poison_chunks_that_hang_or_kill_their_worker_are_quarantined(
     assert hang_reason.startswith("failed 2 attempts; last: SoftTimeLimitExceeded"), hang_reason
     # the child's death is noticed by the broker redelivery (WorkerLostError after Celery's
     # 10 s worker_lost_wait) or by the sweeper (lease expired), whichever comes first
-    assert kill_reason in ("failed 2 attempts; last: its worker died every time (poison input?)",
-                           "failed 2 attempts; last: lease expired: worker lost"), kill_reason
+    assert kill_reason in (
+        "failed 2 attempts; last: its worker died every time (poison input?)",
+        "failed 2 attempts; last: lease expired: worker lost",
+    ), kill_reason
     assert sorted(reasons) == [f"scan{i:02d}.png" for i in (3, 4, 5, 9, 10, 11)]
     assert all(r.startswith("chunk quarantined: failed 2 attempts") for r in reasons.values())
     figures = outcome([done.batch_id])
     assert (figures["lost"], figures["duplicates"], figures["predicted"]) == (0, 0, 6)
     assert log.count("exited with 'signal 9 (SIGKILL)'") == 2, log[-3000:]  # one per attempt
-    report(f"poison[{backend}]", lost=0, duplicates=0, quarantined_chunks=2,
-           quarantined_items=6, attempts_each=2, batch_done_s=round(seconds, 1),
-           hang_reason=hang_reason[:60], kill_reason=kill_reason[:70])
+    report(
+        f"poison[{backend}]",
+        lost=0,
+        duplicates=0,
+        quarantined_chunks=2,
+        quarantined_items=6,
+        attempts_each=2,
+        batch_done_s=round(seconds, 1),
+        hang_reason=hang_reason[:60],
+        kill_reason=kill_reason[:70],
+    )
 
 
 def big_csvs(folder: Path, sample_rows: list[str], copies: int, files: int = 2) -> list[Path]:
     """``files`` CSVs of ``copies`` × 200 labelled rows each."""
     folder.mkdir(parents=True, exist_ok=True)
-    return [write_csv(folder / f"part{i}.csv", sample_rows[:1] + sample_rows[1:] * copies)
-            for i in range(files)]
+    return [
+        write_csv(folder / f"part{i}.csv", sample_rows[:1] + sample_rows[1:] * copies)
+        for i in range(files)
+    ]
 
 
 def wait_mid_run(batch_ids: list[int], timeout: float = 90) -> None:
     """Until some chunk is done and some is still to do: the moment to break something."""
+
     def mid() -> bool:
         with session() as sess:
             states = sess.scalars(select(Chunk.state).where(Chunk.batch_id.in_(batch_ids))).all()
@@ -165,8 +187,12 @@ def wait_mid_run(batch_ids: list[int], timeout: float = 90) -> None:
 
 
 def test_redis_restarted_mid_run_every_batch_completes_exactly_once(
-    worker_factory: type, sample_rows: list[str], tmp_path: Path, home: Path,
-    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
+    worker_factory: type,
+    sample_rows: list[str],
+    tmp_path: Path,
+    home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     """A non-persistent Redis SIGKILLed mid-run and restarted on the same port 3 s later: every
     message it held is gone. Workers reconnect by themselves; the sweeper (here: inside
@@ -220,11 +246,19 @@ def test_redis_restarted_mid_run_every_batch_completes_exactly_once(
     assert before.get("done", 0) < 24 and "Connection to broker lost" in log, log[-3000:]
     # it reconnected by itself, or (kombu's crash) its replacement connected
     assert log.count("Connected to redis://") >= 2
-    report("redis-restart[services]", lost=0, duplicates=0, items=6000, chunks=24,
-           chunks_done_before_kill=before.get("done", 0),
-           outage_s=round(restarted - times["killed"], 1),
-           recover_s=round(recovered, 1), reclaimed_chunks=figures["reclaimed_chunks"],
-           reconnects=log.count("Connected to redis://"), worker_crashed=len(workers) - 1)
+    report(
+        "redis-restart[services]",
+        lost=0,
+        duplicates=0,
+        items=6000,
+        chunks=24,
+        chunks_done_before_kill=before.get("done", 0),
+        outage_s=round(restarted - times["killed"], 1),
+        recover_s=round(recovered, 1),
+        reclaimed_chunks=figures["reclaimed_chunks"],
+        reconnects=log.count("Connected to redis://"),
+        worker_crashed=len(workers) - 1,
+    )
 
 
 @pytest.fixture
@@ -242,8 +276,12 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 
 def test_postgres_stopped_20s_mid_run_every_batch_completes_exactly_once(
-    worker_factory: type, sample_rows: list[str], tmp_path: Path, home: Path,
-    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
+    worker_factory: type,
+    sample_rows: list[str],
+    tmp_path: Path,
+    home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
     private_postgres: PrivatePostgres,
 ) -> None:
     """A private PostgreSQL cluster (never the shared one) stopped with `pg_ctl stop -m fast`
@@ -291,16 +329,27 @@ def test_postgres_stopped_20s_mid_run_every_batch_completes_exactly_once(
     log = worker.log.read_text()
     discard(worker)
     assert before.get("done", 0) < 24 and "database error, retry in" in log, log[-3000:]
-    report("postgres-stop-20s[services]", lost=0, duplicates=0, items=6000, chunks=24,
-           chunks_done_before_stop=before.get("done", 0),
-           outage_s=round(times["started"] - times["stopped"], 1),
-           recover_s=round(recovered, 1), reclaimed_chunks=figures["reclaimed_chunks"],
-           db_error_retries=log.count("database error, retry in"))
+    report(
+        "postgres-stop-20s[services]",
+        lost=0,
+        duplicates=0,
+        items=6000,
+        chunks=24,
+        chunks_done_before_stop=before.get("done", 0),
+        outage_s=round(times["started"] - times["stopped"], 1),
+        recover_s=round(recovered, 1),
+        reclaimed_chunks=figures["reclaimed_chunks"],
+        db_error_retries=log.count("database error, retry in"),
+    )
 
 
 def test_sqlite_two_worker_processes_never_hit_database_is_locked(
-    home: Path, worker_factory: type, sample_rows: list[str], tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
+    home: Path,
+    worker_factory: type,
+    sample_rows: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     """The embedded default under write contention: two `digits worker` processes (two prefork
     children each) plus the enqueuer and the sweeper all write one SQLite file, 150 small
@@ -330,13 +379,24 @@ def test_sqlite_two_worker_processes_never_hit_database_is_locked(
     assert figures["reclaimed_chunks"] == 0  # every chunk done on its first attempt
     assert min(served) > 0, served  # both processes really wrote
     assert named == [True, True], logs[-3000:]
-    report("sqlite-two-workers[embedded]", items=3000, chunks=150, lost=0, duplicates=0,
-           database_is_locked=locked, task_retries=retries, chunks_per_worker=served,
-           seconds=round(seconds, 1))
+    report(
+        "sqlite-two-workers[embedded]",
+        items=3000,
+        chunks=150,
+        lost=0,
+        duplicates=0,
+        database_is_locked=locked,
+        task_retries=retries,
+        chunks_per_worker=served,
+        seconds=round(seconds, 1),
+    )
 
 
 def test_sigterm_mid_batch_is_a_warm_shutdown_and_nothing_waits_for_a_lease(
-    backend: str, worker_factory: type, sample_rows: list[str], tmp_path: Path,
+    backend: str,
+    worker_factory: type,
+    sample_rows: list[str],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """SIGTERM (what `docker stop`, systemd and `digits up` send) while chunks are running:
@@ -352,15 +412,19 @@ def test_sigterm_mid_batch_is_a_warm_shutdown_and_nothing_waits_for_a_lease(
     done = enqueue_csv(source, chunk_size=500)  # 12 chunks
     wait_mid_run([done.batch_id])
     with session() as sess:
-        running = set(sess.scalars(select(Chunk.id).where(Chunk.batch_id == done.batch_id,
-                                                          Chunk.state == "running")).all())
+        running = set(
+            sess.scalars(
+                select(Chunk.id).where(Chunk.batch_id == done.batch_id, Chunk.state == "running")
+            ).all()
+        )
     first.proc.send_signal(signal.SIGTERM)
     term = time.monotonic()
     first.proc.wait(60)
     shutdown = time.monotonic() - term
     with session() as sess:
-        after = dict(sess.execute(select(Chunk.id, Chunk.state)
-                                  .where(Chunk.batch_id == done.batch_id)).all())
+        after = dict(
+            sess.execute(select(Chunk.id, Chunk.state).where(Chunk.batch_id == done.batch_id)).all()
+        )
     finished_in_flight = sum(1 for c in running if after[c] == "done")
     assert "running" not in after.values(), first.tail()  # nothing left half-done
     second = worker_factory()
@@ -372,17 +436,28 @@ def test_sigterm_mid_batch_is_a_warm_shutdown_and_nothing_waits_for_a_lease(
     figures = outcome([done.batch_id])
     assert (figures["lost"], figures["duplicates"], figures["predicted"]) == (0, 0, 6000)
     assert recovered < 45, f"finished {recovered:.1f} s after the restart: waited for a lease?"
-    report(f"sigterm-warm-shutdown[{backend}]", lost=0, duplicates=0, items=6000, chunks=12,
-           running_at_sigterm=len(running), finished_in_flight=finished_in_flight,
-           left_queued=list(after.values()).count("queued"),
-           reclaimed_chunks=figures["reclaimed_chunks"], shutdown_s=round(shutdown, 1),
-           restart_to_done_s=round(recovered, 1), sigterm_to_done_s=round(time.monotonic() - term,
-                                                                          1))
+    report(
+        f"sigterm-warm-shutdown[{backend}]",
+        lost=0,
+        duplicates=0,
+        items=6000,
+        chunks=12,
+        running_at_sigterm=len(running),
+        finished_in_flight=finished_in_flight,
+        left_queued=list(after.values()).count("queued"),
+        reclaimed_chunks=figures["reclaimed_chunks"],
+        shutdown_s=round(shutdown, 1),
+        restart_to_done_s=round(recovered, 1),
+        sigterm_to_done_s=round(time.monotonic() - term, 1),
+    )
 
 
 def test_500_chunks_in_a_row_worker_memory_plateaus(
-    worker_factory: type, sample_rows: list[str], tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest,
+    worker_factory: type,
+    sample_rows: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     """500 two-row chunks through one prefork child: its RSS, sampled from /proc, stops
     growing once the model is loaded (the recycle caps — 2,000 tasks or 4 GB per child —
@@ -426,7 +501,15 @@ def test_500_chunks_in_a_row_worker_memory_plateaus(
     assert growth_mib < 40, samples[::20]
     figures = outcome([done.batch_id])
     assert (figures["lost"], figures["duplicates"]) == (0, 0)
-    report("memory-500-chunks[services]", chunks=500, items=1000, seconds=round(seconds, 1),
-           rss_mib_at_10pct=round(early / 1024), rss_mib_at_50pct=round(middle / 1024),
-           rss_mib_at_end=round(end / 1024), rss_mib_peak=round(peak / 1024),
-           growth_10pct_to_end_mib=round(growth_mib, 1), child_recycled=False)
+    report(
+        "memory-500-chunks[services]",
+        chunks=500,
+        items=1000,
+        seconds=round(seconds, 1),
+        rss_mib_at_10pct=round(early / 1024),
+        rss_mib_at_50pct=round(middle / 1024),
+        rss_mib_at_end=round(end / 1024),
+        rss_mib_peak=round(peak / 1024),
+        growth_10pct_to_end_mib=round(growth_mib, 1),
+        child_recycled=False,
+    )

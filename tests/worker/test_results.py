@@ -28,8 +28,10 @@ def test_higher_temperature_lowers_confidence() -> None:
 def test_prediction_rows_carry_every_probability() -> None:
     probs = np.eye(10, dtype=np.float32)[[3, 7]] * 0.9 + 0.01
     rows = prediction_rows([11, 12], shape(probs, 1.0, 0.5), model_version=4)
-    assert [(r["item_id"], r["label"], r["model_version"]) for r in rows] == [(11, 3, 4),
-                                                                               (12, 7, 4)]
+    assert [(r["item_id"], r["label"], r["model_version"]) for r in rows] == [
+        (11, 3, 4),
+        (12, 7, 4),
+    ]
     assert all(abs(sum(float(str(r[f"p{k}"])) for k in range(10)) - 1) < 1e-4 for r in rows)
 
 

@@ -41,7 +41,9 @@ def test_scan_accuracy_is_within_one_point_of_clean(home: Path) -> None:
             continue  # counted as wrong below
     predicted = predict(model, np.stack(tensors)).argmax(axis=1)
     scans = float((predicted == labels[kept]).sum() / ROWS)
-    print(f"clean {clean:.4f} vs scans {scans:.4f} on {ROWS} held-out rows "
-          f"({ROWS - len(kept)} refused); formats {dict(sorted(formats.items()))}")
+    print(
+        f"clean {clean:.4f} vs scans {scans:.4f} on {ROWS} held-out rows "
+        f"({ROWS - len(kept)} refused); formats {dict(sorted(formats.items()))}"
+    )
     assert len(formats) >= 5
     assert clean - scans <= 0.01

@@ -59,8 +59,9 @@ def scans(folder: Path, sample_rows: list[str], n: int) -> Path:
 
 @pytest.mark.parametrize("backend", ["embedded"], indirect=True)
 @pytest.mark.parametrize("kind", ["csv", "images"])
-def test_report_renders_valid_pngs_and_html(backend: str, kind: str, worker_factory: type,
-                                            sample_rows: list[str], tmp_path: Path) -> None:
+def test_report_renders_valid_pngs_and_html(
+    backend: str, kind: str, worker_factory: type, sample_rows: list[str], tmp_path: Path
+) -> None:
     worker = worker_factory(concurrency=1)
     worker.wait_ready()
     if kind == "csv":
@@ -74,8 +75,21 @@ def test_report_renders_valid_pngs_and_html(backend: str, kind: str, worker_fact
     assert state.status == "done", worker.tail()
     out = tmp_path / "report"
     result = subprocess.run(
-        [sys.executable, "-m", "digits.cli", "report", "--batch", str(done.batch_id), "--out",
-         str(out)], capture_output=True, text=True, env=dict(os.environ), timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "digits.cli",
+            "report",
+            "--batch",
+            str(done.batch_id),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert str(out / "index.html") in result.stdout
     expected = {"labels.png", "confidence.png", "least_confident.png"}
@@ -104,18 +118,40 @@ def test_report_renders_valid_pngs_and_html(backend: str, kind: str, worker_fact
 
 
 def rows(*specs: tuple[int, int | None, float | None, int | None]) -> list[Row]:
-    return [Row(item_id=i, position=i, source_ref=f"f:{i}", status="predicted", label=label,
-                confidence=conf, true_label=true, error=None)
-            for i, (_, label, conf, true) in enumerate(specs, start=1)]
+    return [
+        Row(
+            item_id=i,
+            position=i,
+            source_ref=f"f:{i}",
+            status="predicted",
+            label=label,
+            confidence=conf,
+            true_label=true,
+            error=None,
+        )
+        for i, (_, label, conf, true) in enumerate(specs, start=1)
+    ]
 
 
 def test_shaping_helpers() -> None:
-    data = rows((0, 3, 0.99, 3), (0, 3, 0.51, 8), (0, 7, 0.75, None), (0, None, None, None),
-                (0, 1, 0.51, 1))
+    data = rows(
+        (0, 3, 0.99, 3), (0, 3, 0.51, 8), (0, 7, 0.75, None), (0, None, None, None), (0, 1, 0.51, 1)
+    )
     assert label_counts([r.label for r in data if r.label is not None]) == [
-        0, 1, 0, 2, 0, 0, 0, 1, 0, 0]
-    pairs = [(r.true_label, r.label) for r in data
-             if r.true_label is not None and r.label is not None]
+        0,
+        1,
+        0,
+        2,
+        0,
+        0,
+        0,
+        1,
+        0,
+        0,
+    ]
+    pairs = [
+        (r.true_label, r.label) for r in data if r.true_label is not None and r.label is not None
+    ]
     matrix = confusion(pairs)
     assert matrix[3][3] == 1 and matrix[8][3] == 1 and matrix[1][1] == 1
     assert sum(map(sum, matrix)) == 3
@@ -124,10 +160,21 @@ def test_shaping_helpers() -> None:
 
 
 def test_html_escapes_user_text() -> None:
-    info = {"batch_id": 7, "source": "<script>alert(1)</script>.csv", "kind": "csv",
-            "status": "done", "model_version": 1, "model_sha256": "ab" * 32, "items": 1,
-            "predicted": 0, "errors": 1, "duplicates": 0, "pending": 0, "labelled": 0,
-            "accuracy": None}
+    info = {
+        "batch_id": 7,
+        "source": "<script>alert(1)</script>.csv",
+        "kind": "csv",
+        "status": "done",
+        "model_version": 1,
+        "model_sha256": "ab" * 32,
+        "items": 1,
+        "predicted": 0,
+        "errors": 1,
+        "duplicates": 0,
+        "pending": 0,
+        "labelled": 0,
+        "accuracy": None,
+    }
     bad = Row(1, 1, "<b>x</b>", "error", None, None, None, "row 1: <img src=x>")
     page = render_html(info, {"labels": "labels.png"}, [], [bad])
     assert "<script>" not in page and "&lt;script&gt;" in page

@@ -68,15 +68,22 @@ def scored_batch(kind: str, sample_rows: list[str], tmp: Path, rows: int = 120) 
 
 def predictions(batch_id: int, version: int) -> dict[int, tuple[int, float]]:
     with session() as sess:
-        return {r.item_id: (r.label, r.confidence) for r in sess.execute(
-            select(Prediction.item_id, Prediction.label, Prediction.confidence)
-            .join(Item, Item.id == Prediction.item_id)
-            .where(Item.batch_id == batch_id, Prediction.model_version == version))}
+        return {
+            r.item_id: (r.label, r.confidence)
+            for r in sess.execute(
+                select(Prediction.item_id, Prediction.label, Prediction.confidence)
+                .join(Item, Item.id == Prediction.item_id)
+                .where(Item.batch_id == batch_id, Prediction.model_version == version)
+            )
+        }
 
 
 @pytest.mark.parametrize("kind", ["csv", "images"])
 def test_rescore_adds_predictions_beside_the_old_ones_and_reports_agreement(
-    kind: str, backend: str, sample_rows: list[str], tmp_path: Path,
+    kind: str,
+    backend: str,
+    sample_rows: list[str],
+    tmp_path: Path,
 ) -> None:
     old_version = default_version().version
     batch_id = scored_batch(kind, sample_rows, tmp_path)
@@ -110,8 +117,9 @@ def test_rescore_adds_predictions_beside_the_old_ones_and_reports_agreement(
     assert again.written == 0 and again.as_dict() | {"written": 120} == result.as_dict()
 
 
-def test_missing_image_is_reported_not_fatal(home: Path, sample_rows: list[str],
-                                             tmp_path: Path) -> None:
+def test_missing_image_is_reported_not_fatal(
+    home: Path, sample_rows: list[str], tmp_path: Path
+) -> None:
     from digits.core.db import upgrade
 
     upgrade()
@@ -121,8 +129,9 @@ def test_missing_image_is_reported_not_fatal(home: Path, sample_rows: list[str],
     assert (result.compared, result.unreadable, result.written) == (19, 1, 19)
 
 
-def test_rescore_refuses_what_it_cannot_compare(home: Path, sample_rows: list[str],
-                                                tmp_path: Path) -> None:
+def test_rescore_refuses_what_it_cannot_compare(
+    home: Path, sample_rows: list[str], tmp_path: Path
+) -> None:
     from digits.core.db import upgrade
     from scheduler.batches import enqueue_csv
 
@@ -131,17 +140,20 @@ def test_rescore_refuses_what_it_cannot_compare(home: Path, sample_rows: list[st
     batch_id = scored_batch("csv", sample_rows, tmp_path, rows=10)
     unfinished = enqueue_csv(write_csv(tmp_path / "later.csv", sample_rows[:6])).batch_id
     other = fitted_mlp(tmp_path).version
-    cases = [(999, other, "batch 999 does not exist"),
-             (batch_id, old_version, f"scored by v{old_version} already"),
-             (unfinished, other, f"batch {unfinished} is running"),
-             (batch_id, 999, "model version 999 does not exist")]
+    cases = [
+        (999, other, "batch 999 does not exist"),
+        (batch_id, old_version, f"scored by v{old_version} already"),
+        (unfinished, other, f"batch {unfinished} is running"),
+        (batch_id, 999, "model version 999 does not exist"),
+    ]
     for batch, version, message in cases:
         with pytest.raises(RescoreError, match=message):
             rescore(batch, version)
 
 
-def test_cli_rescore_prints_agreement_and_changed_items(home: Path, sample_rows: list[str],
-                                                        tmp_path: Path) -> None:
+def test_cli_rescore_prints_agreement_and_changed_items(
+    home: Path, sample_rows: list[str], tmp_path: Path
+) -> None:
     import json
 
     from typer.testing import CliRunner
@@ -153,16 +165,21 @@ def test_cli_rescore_prints_agreement_and_changed_items(home: Path, sample_rows:
     batch_id = scored_batch("csv", sample_rows, tmp_path, rows=40)
     version = fitted_mlp(tmp_path).version
     runner = CliRunner()
-    text = runner.invoke(app, ["rescore", "--batch", str(batch_id), "--model", str(version),
-                               "--quiet"])
+    text = runner.invoke(
+        app, ["rescore", "--batch", str(batch_id), "--model", str(version), "--quiet"]
+    )
     assert text.exit_code == 0, text.output
     assert f"batch {batch_id}: v{default_version().version} vs v{version}:" in text.stdout
     assert "items agree" in text.stdout and "accuracy on 40 labelled items" in text.stdout
-    data = json.loads(runner.invoke(app, ["rescore", "--batch", str(batch_id), "--model",
-                                          str(version), "--json"]).stdout)
+    data = json.loads(
+        runner.invoke(
+            app, ["rescore", "--batch", str(batch_id), "--model", str(version), "--json"]
+        ).stdout
+    )
     assert data["compared"] == 40 and data["written"] == 0
     assert len(data["changed"]) == 40 - data["agreeing"]
     assert sum(line.startswith("  item ") for line in text.stdout.splitlines()) == min(
-        50, len(data["changed"]))
+        50, len(data["changed"])
+    )
     refused = runner.invoke(app, ["rescore", "--batch", "999", "--model", str(version)])
     assert refused.exit_code == 1 and "error: batch 999 does not exist" in refused.stderr

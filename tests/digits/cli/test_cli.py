@@ -14,8 +14,19 @@ from typer.testing import CliRunner
 from digits.cli import app
 
 runner = CliRunner()
-COMMANDS = ["db upgrade", "db check", "train", "models list", "enqueue", "run", "worker",
-            "status", "results", "export", "bench"]
+COMMANDS = [
+    "db upgrade",
+    "db check",
+    "train",
+    "models list",
+    "enqueue",
+    "run",
+    "worker",
+    "status",
+    "results",
+    "export",
+    "bench",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -29,8 +40,13 @@ def run_cli(
     *args: str, env: dict[str, str] | None = None
 ) -> tuple[float, subprocess.CompletedProcess[str]]:
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "digits.cli", *args], capture_output=True,
-                            text=True, env={**os.environ, **(env or {})}, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "digits.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
     return time.perf_counter() - started, result
 
 
@@ -41,8 +57,15 @@ def run_cli(
 LIBRARIES = "import sqlalchemy.orm, pydantic_settings, typer, rich.console"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["status"], ["results", "--limit", "5"],
-                                  ["export", "--batch", "1", "--out", "x.csv"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["status"],
+        ["results", "--limit", "5"],
+        ["export", "--batch", "1", "--out", "x.csv"],
+    ],
+)
 def test_fast_commands_answer_in_well_under_a_second(args: list[str], home: Path) -> None:
     """Best of 4: at most 0.5 s beyond importing its libraries (no TensorFlow, Celery or
     Alembic import, no slow query); the absolute figures are printed (``-s``)."""
@@ -63,12 +86,19 @@ def _timed(command: list[str]) -> float:
 
 @pytest.mark.parametrize("args", [["--help"], ["status"], ["results"], ["export", "--batch", "1"]])
 def test_fast_commands_do_not_import_tensorflow_or_celery(args: list[str], home: Path) -> None:
-    code = ("import sys; from digits.cli import app\n"
-            f"try:\n    app({args!r})\nexcept SystemExit:\n    pass\n"
-            "bad = [m for m in ('tensorflow', 'keras', 'celery') if m in sys.modules]\n"
-            "print('HEAVY', bad)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=dict(os.environ), timeout=60).stdout
+    code = (
+        "import sys; from digits.cli import app\n"
+        f"try:\n    app({args!r})\nexcept SystemExit:\n    pass\n"
+        "bad = [m for m in ('tensorflow', 'keras', 'celery') if m in sys.modules]\n"
+        "print('HEAVY', bad)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=60,
+    ).stdout
     assert "HEAVY []" in out
 
 
@@ -106,8 +136,9 @@ def _enqueue_named(tmp: Path, name: str, sample_rows: list[str], rows: int) -> N
         (["--limit", "1"], ["plain.csv:1"]),
     ],
 )
-def test_results_source_is_literal_text(args: list[str], expected: list[str], backend: str,
-                                        tmp_path: Path, sample_rows: list[str]) -> None:
+def test_results_source_is_literal_text(
+    args: list[str], expected: list[str], backend: str, tmp_path: Path, sample_rows: list[str]
+) -> None:
     """``--source`` matches text, not a LIKE pattern: ``%`` and ``_`` are characters."""
     _enqueue_named(tmp_path, "plain.csv", sample_rows, 3)
     _enqueue_named(tmp_path, "under_score.csv", sample_rows, 2)
@@ -150,8 +181,10 @@ def test_an_older_schema_suggests_db_upgrade(backend: str) -> None:
     ("url", "said"),
     [
         ("postgresql+psycopg://root@127.0.0.1:1/nowhere", "127.0.0.1"),
-        ("postgresql+psycopg://nosuchrole@127.0.0.1:5432/postgres",
-         'role "nosuchrole" does not exist'),
+        (
+            "postgresql+psycopg://nosuchrole@127.0.0.1:5432/postgres",
+            'role "nosuchrole" does not exist',
+        ),
         ("postgresql+psycopg://root@127.0.0.1:5432/nosuchdb", 'database "nosuchdb" does not exist'),
     ],
     ids=["server-down", "unknown-role", "no-such-database"],
@@ -167,7 +200,8 @@ def test_a_database_error_gives_its_own_reason(url: str, said: str, home: Path) 
 
 
 def test_enqueue_records_a_huge_value_as_a_row_error_and_goes_on(
-        backend: str, tmp_path: Path, sample_rows: list[str]) -> None:
+    backend: str, tmp_path: Path, sample_rows: list[str]
+) -> None:
     """Issue 19 item 3: one value of 2**64 used to raise OverflowError out of the parser,
     leaving the batch `enqueueing` and never enqueueing the next file on the command line."""
     from sqlalchemy import select
@@ -178,8 +212,9 @@ def test_enqueue_records_a_huge_value_as_a_row_error_and_goes_on(
     huge = sample_rows[2].split(",")
     huge[6] = str(2**64)  # label first, so field 6 is pixel5
     first = tmp_path / "huge.csv"
-    first.write_text("\n".join([sample_rows[0], sample_rows[1], ",".join(huge),
-                                sample_rows[3]]) + "\n")
+    first.write_text(
+        "\n".join([sample_rows[0], sample_rows[1], ",".join(huge), sample_rows[3]]) + "\n"
+    )
     second = tmp_path / "next.csv"
     second.write_text("\n".join(sample_rows[:3]) + "\n")
     _, result = run_cli("enqueue", str(first), str(second))
@@ -188,11 +223,17 @@ def test_enqueue_records_a_huge_value_as_a_row_error_and_goes_on(
     ids = [int(line) for line in result.stdout.split()]
     assert len(ids) == 2
     with session() as sess:
-        batches = {b.id: (b.status, b.item_count, b.error_count)
-                   for b in sess.scalars(select(Batch).where(Batch.id.in_(ids)))}
-        reasons = sess.execute(select(Item.batch_id, Item.source_ref, ItemError.reason)
-                               .join(ItemError, ItemError.item_id == Item.id)).all()
+        batches = {
+            b.id: (b.status, b.item_count, b.error_count)
+            for b in sess.scalars(select(Batch).where(Batch.id.in_(ids)))
+        }
+        reasons = sess.execute(
+            select(Item.batch_id, Item.source_ref, ItemError.reason).join(
+                ItemError, ItemError.item_id == Item.id
+            )
+        ).all()
     assert [tuple(r) for r in reasons] == [
-        (ids[0], "huge.csv:2", "row 2: pixel5 out of range 0–255: 18446744073709551616")]
+        (ids[0], "huge.csv:2", "row 2: pixel5 out of range 0–255: 18446744073709551616")
+    ]
     assert batches[ids[0]][1:] == (3, 1) and batches[ids[1]][1:] == (2, 0)
     assert all(status != "enqueueing" for status, _, _ in batches.values()), batches

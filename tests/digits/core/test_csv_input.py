@@ -32,14 +32,17 @@ def blocks(path: Path, size: int = 1000) -> tuple[list[int], list[tuple[int, str
     return rows, errors
 
 
-@pytest.mark.parametrize(("header", "labelled"), [(HEADER, False), (LABELLED, True),
-                                                   ("\ufeff" + LABELLED, True)])
+@pytest.mark.parametrize(
+    ("header", "labelled"), [(HEADER, False), (LABELLED, True), ("\ufeff" + LABELLED, True)]
+)
 def test_header_accepts_both_kaggle_layouts(header: str, labelled: bool) -> None:
     assert parse_header(header) is labelled
 
 
-@pytest.mark.parametrize("header", ["a,b,c", "label," + ",".join(PIXEL_HEADER[:-1]),
-                                    ",".join(reversed(PIXEL_HEADER)), ""])
+@pytest.mark.parametrize(
+    "header",
+    ["a,b,c", "label," + ",".join(PIXEL_HEADER[:-1]), ",".join(reversed(PIXEL_HEADER)), ""],
+)
 def test_wrong_header_fails_the_file(header: str) -> None:
     with pytest.raises(CsvFileError, match="wrong header"):
         parse_header(header)
@@ -132,12 +135,16 @@ def test_read_labelled_refuses_unlabelled(tmp_path: Path) -> None:
         read_labelled(path)
 
 
-@pytest.mark.parametrize(("header", "row", "message"), [
-    (LABELLED, "3," + ROW, "has a label column: pseudo-labelling takes an unlabelled CSV"),
-    (HEADER, ROW.replace("255", "256"), "row 2: "),
-])
-def test_read_unlabelled_refuses_labels_and_bad_rows(tmp_path: Path, header: str, row: str,
-                                                     message: str) -> None:
+@pytest.mark.parametrize(
+    ("header", "row", "message"),
+    [
+        (LABELLED, "3," + ROW, "has a label column: pseudo-labelling takes an unlabelled CSV"),
+        (HEADER, ROW.replace("255", "256"), "row 2: "),
+    ],
+)
+def test_read_unlabelled_refuses_labels_and_bad_rows(
+    tmp_path: Path, header: str, row: str, message: str
+) -> None:
     path = tmp_path / "in.csv"
     path.write_text("\n".join([header, ROW if header == HEADER else "1," + ROW, row]) + "\n")
     with pytest.raises(CsvFileError, match=message):
@@ -185,8 +192,9 @@ NOT_PLAIN = "pixel5 is not a plain integer (ASCII digits only): "
         ("1_0", "pixel5 is not a plain integer (ASCII digits only): '1_0'"),
     ],
 )
-def test_a_value_is_plain_ascii_digits_whatever_its_size(tmp_path: Path, value: str,
-                                                         reason: str) -> None:
+def test_a_value_is_plain_ascii_digits_whatever_its_size(
+    tmp_path: Path, value: str, reason: str
+) -> None:
     """One hostile value is a row error, never an exception; the other rows go on. The fast
     (pandas) path and the per-row check must refuse the same things."""
     path = tmp_path / "x.csv"
@@ -218,18 +226,23 @@ WIDE_HEADER = ",".join(f"pixel{i}" for i in range(10_000))
 @pytest.mark.parametrize(
     ("header", "message"),
     [
-        (WIDE_HEADER,
-         f"wrong header: the first line is {len(WIDE_HEADER) + 1:,} characters long with 10,000 "
-         "columns; a digits "
-         "CSV header has 784 (pixel0,…,pixel783) or 785 (label first)"),
-        ("x" * 50_000_000,
-         "wrong header: the first line is 50,000,001 characters long with 1 column; a digits "
-         "CSV header has 784 (pixel0,…,pixel783) or 785 (label first)"),
+        (
+            WIDE_HEADER,
+            f"wrong header: the first line is {len(WIDE_HEADER) + 1:,} characters long with 10,000 "
+            "columns; a digits "
+            "CSV header has 784 (pixel0,…,pixel783) or 785 (label first)",
+        ),
+        (
+            "x" * 50_000_000,
+            "wrong header: the first line is 50,000,001 characters long with 1 column; a digits "
+            "CSV header has 784 (pixel0,…,pixel783) or 785 (label first)",
+        ),
     ],
     ids=["10000-columns", "one-50MB-line"],
 )
-def test_an_oversized_header_gets_its_real_reason(tmp_path: Path, header: str,
-                                                  message: str) -> None:
+def test_an_oversized_header_gets_its_real_reason(
+    tmp_path: Path, header: str, message: str
+) -> None:
     path = tmp_path / "x.csv"
     path.write_text(header + "\n" + ROW + "\n")
     with pytest.raises(CsvFileError) as caught:
@@ -239,8 +252,9 @@ def test_an_oversized_header_gets_its_real_reason(tmp_path: Path, header: str,
 
 @pytest.mark.parametrize("skip", [0, 1, 3, 4, 7, 9])
 @pytest.mark.parametrize("size", [1, 2, 4])
-def test_skipping_rows_continues_with_the_same_row_numbers(tmp_path: Path, skip: int,
-                                                           size: int) -> None:
+def test_skipping_rows_continues_with_the_same_row_numbers(
+    tmp_path: Path, skip: int, size: int
+) -> None:
     """What a resumed ingestion reads: the rows after ``skip``, numbered as in a full read
     (a blank line between rows and a bad row included)."""
     lines = [HEADER, ROW, ROW, "", ROW, _row_with("x"), ROW, ROW, ROW, "", ""]
