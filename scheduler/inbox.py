@@ -177,8 +177,30 @@ class Inbox:
                 os.rename(folder, target)
             except FileNotFoundError:
                 continue
-            drops.append(target)
+            drops.append(self.contained(target, folder.name))
         return drops
+
+    def contained(self, drop: Path, name: str) -> Path:
+        """A drop is always a real folder. A sub-folder swapped for a link (or a file) between
+        the scan and the claim is moved by the rename as itself, but listing it as a drop
+        would follow the link: it is wrapped in a folder of its own instead, where it is one
+        entry that gets an item and its reason. Checked by lstat after the rename, on our own
+        path in ``processing/``, so no swap can slip in between the check and the listing."""
+        try:
+            if stat.S_ISDIR(os.lstat(drop).st_mode):
+                return drop
+        except FileNotFoundError:
+            return drop
+        box = drop.with_name(drop.name + "-entry")
+        box.mkdir(exist_ok=True)
+        os.rename(drop, box / name)
+        log.warning(
+            "event=drop_not_a_folder drop=%s: %r was swapped for a link or a file after the "
+            "scan; taken as one entry, never listed",
+            drop.name,
+            name,
+        )
+        return box
 
     # ------------------------------------------------------------ batches
     def final_dir(self, drop: Path) -> Path:
@@ -231,7 +253,10 @@ class Inbox:
 
     def reconcile(self) -> list[Ingested]:
         """On start-up: finish drops a killed scheduler left in ``processing/``."""
-        drops = [d for d in sorted((self.root / "processing").iterdir()) if d.is_dir()]
+        drops = [  # by lstat: a link left here is one entry, never a folder to list
+            self.contained(d, d.name.split("-", 2)[-1])
+            for d in sorted((self.root / "processing").iterdir())
+        ]
         return [i for drop in drops if (i := self.recover(drop))]
 
     def scan(self) -> list[Ingested]:

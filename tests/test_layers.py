@@ -61,3 +61,81 @@ def test_a_back_import_breaks_the_contract(
     result = lint_imports(tmp_path)
     assert result.returncode != 0
     assert "BROKEN" in result.stdout and broken in result.stdout, result.stdout[-3000:]
+
+
+LAYER_PACKAGES = ("digits.cli", "digits.app", "digits.core")
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            found[name.removesuffix(".__init__")] = path
+    return found
+
+
+def _layer(module: str) -> str:
+    return next((p for p in LAYER_PACKAGES if module.startswith(p)), module.split(".")[0])
+
+
+def import_graph() -> tuple[dict[str, set[str]], dict[tuple[str, str], int]]:
+    """module -> project modules it imports (anywhere in the file, functions included), and
+    layer -> layer statement counts."""
+    import ast
+
+    modules = _modules()
+    edges: dict[str, set[str]] = {m: set() for m in modules}
+    counts: dict[tuple[str, str], int] = {}
+    for module, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            targets = {n for n in names if n in modules and n != module}
+            edges[module] |= targets
+            for pair in {(_layer(module), _layer(t)) for t in targets}:
+                if pair[0] != pair[1]:
+                    counts[pair] = counts.get(pair, 0) + 1
+    return edges, counts
+
+
+def test_no_import_cycle_between_files() -> None:
+    """The layer contract says nothing about files inside one package: no cycle there either
+    (imports inside functions count). Prints the package graph (``-s``), as in
+    docs/architecture.md."""
+    edges, counts = import_graph()
+    for (a, b), n in sorted(counts.items()):
+        print(f"{a:>12} -> {b:<12} {n}")
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(component)
+
+    for module in edges:
+        if module not in index:
+            visit(module)
+    assert cycles == []
+    layers = {(a, b) for a, b in counts}
+    assert not {(a, b) for a, b in layers if (b, a) in layers}, "a cycle between layers"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from digits.app.runner import wait_for
 from digits.core.db import aware, session
@@ -346,6 +346,85 @@ def test_a_link_swapped_in_after_the_scan_or_after_the_claim_is_never_followed(
     assert set(reasons) == {"swap.png", "late.png"}
     assert all(r.startswith("symbolic link: refused") for r in reasons.values()), reasons
     assert snapshot(outside) == before
+
+
+@pytest.mark.parametrize("when", ["claim", "restart"])
+def test_a_folder_swapped_for_a_link_is_never_listed_hashed_or_moved(
+    backend: str, inbox: Inbox, sample_rows: list[str], tmp_path: Path, when: str
+) -> None:
+    """``claim``: a sub-folder the scan saw complete is replaced by a link to an outside
+    folder before the claim renames it (the rename moves the link itself). ``restart``: such
+    a link is what a killed scheduler left in ``processing/``. Either way the drop is that one
+    link, an item refused with a reason; the outside folder's files are never listed, hashed
+    or moved, and only the link itself lands in ``failed/``. Before the fix the drop was
+    listed through the link: 3 items from the outside folder (its scan hashed and queued)."""
+    outside = tmp_path / "outside"
+    before = outside_folder(outside, sample_rows)
+    if when == "claim":
+        folder = inbox.root / "class-7b"
+        folder.mkdir()
+        (folder / "x.png").write_bytes(scans(sample_rows, 1, seed=6)[0][0])
+        inbox.settle = 0.0
+        files, folders = inbox.ready()
+        assert folders == [folder]
+        (folder / "x.png").unlink()
+        folder.rmdir()
+        os.symlink(outside, folder)
+        ingested = [i for d in inbox.claim(files, folders) if (i := inbox.recover(d))]
+    else:
+        os.symlink(outside, inbox.root / "processing" / "20260101T000000-aaaaaa-class-7b")
+        ingested = inbox.reconcile()
+    with session() as sess:
+        rows = dict(
+            sess.execute(
+                select(Item.source_ref, ItemError.reason).outerjoin(
+                    ItemError, ItemError.item_id == Item.id
+                )
+            ).all()
+        )
+    link = "symbolic link: refused, links are never followed"
+    assert rows == {"class-7b": f"{link} (points to {outside})"}, rows
+    assert len(ingested) == 1
+    with session(write=True) as sess:  # as a worker records it: the batch is done
+        sess.execute(update(Batch).values(status="done"))
+    assert inbox.file_failures() == 1
+    assert snapshot(outside) == before
+    [moved] = [p for p in (inbox.root / "failed").rglob("*") if p.is_symlink()]
+    assert os.readlink(moved) == str(outside)
+    assert not any((inbox.root / "processing").iterdir())
+
+
+def test_a_sub_folder_swapped_for_a_link_after_listing_is_not_hashed_through_it(
+    backend: str, inbox: Inbox, sample_rows: list[str], tmp_path: Path
+) -> None:
+    """A claimed drop's sub-folder, listed by image_files, is replaced by a link to an
+    outside folder holding a file of the same name before ingestion hashes it. The hash is
+    taken only of a file whose opened real path is inside the drop: the item is refused, the
+    outside file's digest is never computed or stored. Before the fix: hashed through the
+    link, its sha256 stored on a good item."""
+    import hashlib
+
+    outside = tmp_path / "outside"
+    outside_folder(outside, sample_rows)
+    drop_dir = inbox.root / "processing" / "20260101T000000-aaaaaa-class-7b"
+    (drop_dir / "sub").mkdir(parents=True)
+    (drop_dir / "sub" / "a.png").write_bytes(scans(sample_rows, 1, seed=6)[0][0])
+    files = image_files(drop_dir)
+    (drop_dir / "sub" / "a.png").unlink()
+    (drop_dir / "sub").rmdir()
+    os.symlink(outside, drop_dir / "sub")
+    done = enqueue_files(drop_dir, files, source="inbox:" + drop_dir.name, send=False)
+    with session() as sess:
+        rows = sess.execute(
+            select(Item.source_ref, Item.sha256, ItemError.reason).outerjoin(
+                ItemError, ItemError.item_id == Item.id
+            )
+        ).all()
+    secret = hashlib.sha256((outside / "a.png").read_bytes()).hexdigest()
+    assert done.items == 1 and len(rows) == 1, rows
+    [(ref, digest, reason)] = rows
+    assert ref == "sub/a.png" and digest != secret and reason, rows
+    assert "outside" in reason, reason
 
 
 def slow_writer(path: Path, data: bytes, parts: int = 4, pause: float = 1.0) -> None:
