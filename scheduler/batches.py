@@ -383,8 +383,11 @@ def enqueue_files(
         done_positions, seq0 = 0, 0
     else:
         batch_id, done_positions, seq0 = resume
-    refused = {file: refusal(file) for file in files}
-    digests = {file: None if refused[file] else regular_sha256(file) for file in files}
+    # never read through a link: not the file's own, nor a sub-folder's swapped in after listing
+    refused = {file: refusal(file, within=folder) for file in files}
+    digests = {
+        file: None if refused[file] else regular_sha256(file, within=[folder]) for file in files
+    }
     earlier = earlier_items([d for d in digests.values() if d]) if dedupe else {}
     seen: set[str] = set()
     duplicates: list[dict[str, object]] = []

@@ -217,7 +217,7 @@ def read_images(found: Claim, rows: list[tuple[int, str | None]]) -> Inputs:
         if why:
             errors.append((item_id, why))
             continue
-        outcome = decode_settled(path, image_to_tensor, Rejected, settings)
+        outcome = decode_settled(path, image_to_tensor, Rejected, settings, roots)
         if isinstance(outcome, str):
             errors.append((item_id, outcome))
         else:
@@ -227,17 +227,23 @@ def read_images(found: Claim, rows: list[tuple[int, str | None]]) -> Inputs:
 
 
 def decode_settled(
-    path: Path, decode: Any, rejected: type[Exception], settings: Settings
+    path: Path,
+    decode: Any,
+    rejected: type[Exception],
+    settings: Settings,
+    roots: list[Path],
 ) -> NDArray[np.float32] | str:
     """Read and decode one file; a file that decodes as truncated (or empty) while it was
     written only moments ago (a writer the inbox's settle time did not catch) is read again
     after a pause before it is called broken. Bounded: at most 3 reads, half a settle time
-    apart; a file that is broken and old is refused at once."""
+    apart; a file that is broken and old is refused at once. Each read re-checks, on the
+    open descriptor, that the file really lies in ``roots`` (a folder swapped for a link
+    after read_images' check is caught here)."""
     pause = max(settings.inbox_settle_seconds / 2, 0.2)
     for attempt in range(3):
         try:
             before = os.lstat(path)
-            data = read_regular(path, settings.max_file_bytes)
+            data = read_regular(path, settings.max_file_bytes, within=roots)
         except OSError as exc:
             return f"cannot read file: {exc.strerror or exc}" if exc.strerror else str(exc)
         try:

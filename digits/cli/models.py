@@ -131,7 +131,7 @@ def train(
     )
 
     from digits.core.csv_input import CsvFileError
-    from model_store.training import TrainConfig
+    from model_store.train_config import TrainConfig
     from model_store.training import train as run_training
 
     config = TrainConfig(
@@ -434,8 +434,8 @@ def models_evaluate(
     and which rows it gets wrong."""
     source = _labelled_data(data)
     from digits.core.csv_input import CsvFileError
+    from model_store.evaluation import measure
     from model_store.registry import ModelError, get_version
-    from model_store.training import measure
 
     try:
         with (

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model_store.evaluation import evaluate
 from model_store.registry import default_version, list_versions
-from model_store.training import evaluate
 from tests.conftest import SAMPLE
 
 #: real worker processes, signals and servers: the full suite only (CONTRIBUTING.md)
@@ -401,8 +401,8 @@ def test_review_threshold_reports_coverage_and_accuracy(threshold: float, covera
 def test_elastic_distortion_bends_strokes_without_losing_ink(share: float) -> None:
     import tensorflow as tf
 
+    from model_store.augmentation import ELASTIC_ALPHA, ELASTIC_SIGMA, _elastic
     from model_store.data import load_split
-    from model_store.training import ELASTIC_ALPHA, ELASTIC_SIGMA, _elastic
 
     images = (load_split(SAMPLE).x_train[:32].reshape(-1, 28, 28, 1) / 255).astype(np.float32)
     tf.random.set_seed(0)
@@ -423,11 +423,11 @@ def test_scan_degradations_are_only_added_when_asked(degrade: bool) -> None:
     blank, the Gaussian noise (a fifth of the images) does not."""
     import tensorflow as tf
 
-    from model_store.training import _augmenter
+    from model_store.augmentation import augmenter
 
     blank = tf.zeros((400, 28, 28, 1))
     tf.random.set_seed(0)
-    out, labels = _augmenter(seed=0, degrade=degrade)(blank, tf.zeros(400, tf.int64))
+    out, labels = augmenter(seed=0, degrade=degrade)(blank, tf.zeros(400, tf.int64))
     noisy = (out.numpy().reshape(400, -1).max(axis=1) > 0).mean()
     assert labels.shape == (400,)
     assert 0.1 < noisy < 0.3 if degrade else noisy == 0
@@ -466,7 +466,7 @@ def test_background_work_hands_back_its_result_or_its_error(fail: bool) -> None:
 def test_label_smoothing_penalises_certainty(smoothing: float, expected: float) -> None:
     import keras
 
-    from model_store.training import _loss_and_metric
+    from model_store.fit import _loss_and_metric
 
     loss, _ = _loss_and_metric(smoothing)
     probs = np.full((1, 10), 1e-7, np.float32)

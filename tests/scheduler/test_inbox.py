@@ -56,6 +56,12 @@ def inbox(home: Path) -> Inbox:
         ("a.png.part", False, False),
         ("A.PNG.TMP", False, False),
         ("x.crdownload", False, False),
+        ("a.png.partial", False, False),
+        ("a.png.swp", False, False),
+        ("a.png.Download", False, False),
+        (".a", False, False),
+        ("...", False, True),
+        ("a.tmp.png", False, True),
     ],
 )
 def test_an_entry_is_claimed_once_unchanged_for_the_settle_time(
@@ -535,3 +541,139 @@ def test_a_file_claimed_half_written_is_read_again_not_called_broken(
     assert rows["growing.jpg"] is None, rows
     assert str(rows["broken.jpg"]).startswith("truncated or corrupt image"), rows
     assert "event=file_still_arriving" in worker.tail()
+
+
+def test_sockets_and_fifos_become_items_refused_without_being_opened(
+    backend: str, inbox: Inbox, sample_rows: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket dropped loose, and a FIFO and a socket inside a dropped folder, each become an
+    item with its reason (none is skipped, none is opened: opening a FIFO would block); the
+    folder's scan beside them is an ordinary item."""
+    import socket
+
+    monkeypatch.chdir(inbox.root)  # AF_UNIX paths are short: bind relative names
+    sockets = [socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)]
+    (inbox.root / "folder").mkdir()
+    sockets[0].bind("sock.png")
+    sockets[1].bind("folder/inner.sock")
+    os.mkfifo(inbox.root / "folder" / "pipe.png")
+    (inbox.root / "folder" / "x.png").write_bytes(scans(sample_rows, 1, seed=12)[0][0])
+    inbox.settle = 0.0
+    try:
+        ingested = inbox.scan()
+    finally:
+        for sock in sockets:
+            sock.close()
+    with session() as sess:
+        rows = dict(
+            sess.execute(
+                select(Item.source_ref, ItemError.reason).outerjoin(
+                    ItemError, ItemError.item_id == Item.id
+                )
+            ).all()
+        )
+    assert rows == {
+        "sock.png": "not a regular file (socket)",
+        "inner.sock": "not a regular file (socket)",
+        "pipe.png": "not a regular file (FIFO)",
+        "x.png": None,
+    }, rows
+    assert sum(i.items for i in ingested) == 4
+
+
+def test_a_sub_folder_flipped_to_a_link_while_the_worker_reads_is_never_read_through(
+    home: Path, sample_rows: list[str], tmp_path: Path
+) -> None:
+    """A separate process flips a committed drop's sub-folder between the real folder and a
+    link to an outside folder holding a different scan of the same name, as fast as it can,
+    while the worker's reader (read_images, the code a worker runs) reads the file again and
+    again for 3 s. Every read must give the inside scan or a refusal, never the outside
+    scan: the check of the folder's real path and the open are two steps, so the file
+    actually opened is checked on its descriptor. Before the fix: read through the link."""
+    import subprocess
+    import sys
+
+    from digits.core.images import image_to_tensor
+    from digits.core.settings import get_settings
+    from worker.chunks import Claim, read_images
+
+    inside_data, outside_data = (d for d, _, _ in scans(sample_rows, 2, seed=11))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a.png").write_bytes(outside_data)
+    drop_dir = get_settings().inbox_dir / "processed" / "20260101" / "20260101T000000-aaaaaa"
+    sub = drop_dir / "sub"
+    sub.mkdir(parents=True)
+    (sub / "a.png").write_bytes(inside_data)
+    flipper = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys\n"
+            "sub, parked, outside = sys.argv[1:]\n"
+            "while True:\n"
+            "    os.rename(sub, parked); os.symlink(outside, sub)\n"
+            "    os.unlink(sub); os.rename(parked, sub)\n",
+            str(sub),
+            str(drop_dir / "parked"),
+            str(outside),
+        ]
+    )
+    found = Claim(1, 1, "images", "", str(drop_dir), 1, 1)
+    secret = image_to_tensor(outside_data)
+    own = image_to_tensor(inside_data)
+    counts = {"outside read": 0, "inside read": 0, "refused": 0}
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            inputs = read_images(found, [(1, str(sub / "a.png"))])
+            if not inputs.item_ids:
+                counts["refused"] += 1
+            elif np.array_equal(inputs.tensor[0], secret):
+                counts["outside read"] += 1
+            else:
+                assert np.array_equal(inputs.tensor[0], own)
+                counts["inside read"] += 1
+    finally:
+        flipper.kill()
+        flipper.wait()
+    print(f"sub-folder flipped to a link during reads: {counts}")
+    assert counts["outside read"] == 0, counts
+    assert counts["inside read"] > 0 and counts["refused"] > 0, counts
+
+
+def test_a_file_closed_after_writing_is_claimed_without_waiting_out_the_settle_time(
+    backend: str, monkeypatch: pytest.MonkeyPatch, sample_rows: list[str]
+) -> None:
+    """The fast path: with a settle time of 8 s, a scan written in one go (open, write,
+    close, no rename) is claimed well before 8 s, because inotify reported its close-write
+    and it has not changed since (a writer that keeps its file open waits out the settle
+    time: test_a_file_written_slowly_is_claimed_only_once_complete)."""
+    from digits.core.settings import get_settings
+    from scheduler.service import run_scheduler
+
+    monkeypatch.setenv("DIGITS_INBOX_SETTLE_SECONDS", "8")
+    get_settings.cache_clear()
+    inbox_dir = get_settings().inbox_dir
+    stop = threading.Event()
+    thread = threading.Thread(target=run_scheduler, args=(stop,), kwargs={"beat": False})
+    thread.start()
+    try:
+        time.sleep(1.5)  # the watcher is up
+        (inbox_dir / "closed.png").write_bytes(scans(sample_rows, 1, seed=13)[0][0])
+        closed_at = time.time()
+        deadline = time.monotonic() + 20
+        refs: list[str] = []
+        while time.monotonic() < deadline and not refs:
+            with session() as sess:
+                refs = list(sess.scalars(select(Item.source_ref)).all())
+            time.sleep(0.05)
+        with session() as sess:
+            created = aware(sess.scalar(select(Batch.created_at).order_by(Batch.id)))
+    finally:
+        stop.set()
+        thread.join(30)
+    delay = created.timestamp() - closed_at
+    print(f"closed after writing: claimed {delay:.2f} s after the close (settle time 8 s)")
+    assert refs == ["closed.png"], refs
+    assert delay < 4, delay
