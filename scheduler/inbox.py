@@ -39,7 +39,7 @@ from pathlib import Path
 from sqlalchemy import delete, select, update
 
 from digits.core.db import session
-from digits.core.safe_files import is_hidden
+from digits.core.safe_files import is_hidden, rename_within
 from digits.core.schema import Batch, Chunk, Item, ItemError
 from scheduler.batches import enqueue_files, image_files
 from worker.publish import send_chunks
@@ -275,7 +275,9 @@ class Inbox:
 
     # ------------------------------------------------------------ failures
     def file_failures(self) -> int:
-        """Move files of finished inbox items that could not be scored to ``failed/``."""
+        """Move files of finished inbox items that could not be scored to ``failed/``; never
+        a file whose folder is not really inside ``processed/`` (a folder swapped for a link
+        is refused even if it is swapped between the check and the move)."""
         moved = 0
         processed = str(self.root / "processed") + os.sep
         with session() as sess:
@@ -291,7 +293,14 @@ class Inbox:
             ).all()
         for item_id, path, reason in rows:
             source = Path(path or "")
-            if not source.parent.resolve().is_relative_to(self.root / "processed"):
+            folder = self.root / "failed" / datetime.now(UTC).strftime("%Y%m%d")
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"{item_id}-{source.name}"
+            try:  # checked and renamed through the folder's descriptor: no swap between
+                inside = rename_within(source, target, self.root / "processed")
+            except FileNotFoundError:
+                inside = True  # moved already (a crash before the path was recorded)
+            if not inside:
                 log.warning(
                     "event=failed_file_refused item_id=%s path=%r: not inside the "
                     "inbox; left where it is",
@@ -299,11 +308,6 @@ class Inbox:
                     path,
                 )
                 continue
-            folder = self.root / "failed" / datetime.now(UTC).strftime("%Y%m%d")
-            folder.mkdir(parents=True, exist_ok=True)
-            target = folder / f"{item_id}-{source.name}"
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(source, target)
             (folder / f"{target.name}.reason.txt").write_text(reason + "\n")
             with session(write=True) as sess:
                 sess.execute(update(Item).where(Item.id == item_id).values(path=str(target)))

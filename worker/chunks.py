@@ -25,7 +25,7 @@ from sqlalchemy import select, update
 
 from digits.core.db import aware, insert_ignore, session
 from digits.core.processes import pid_alive
-from digits.core.safe_files import read_regular, refusal
+from digits.core.safe_files import read_regular, real, refusal
 from digits.core.schema import Batch, Chunk, Item, Prediction, utcnow
 from digits.core.settings import Settings, get_settings
 from digits.core.state_machine import (
@@ -208,9 +208,10 @@ def read_images(found: Claim, rows: list[tuple[int, str | None]]) -> Inputs:
     for item_id, raw in rows:
         path = Path(raw or ".")
         # the folder must be inside the batch's folders; the entry itself is never resolved
-        # (that would follow a link): it is opened with O_NOFOLLOW instead
-        folder = Path(os.path.realpath(path.parent))
-        if not raw or not any(folder.is_relative_to(root) for root in roots):
+        # (that would follow a link): it is opened with O_NOFOLLOW instead. A folder swapped
+        # while it is resolved (real() is None) is refused like one outside, not a crash.
+        folder = real(path.parent)
+        if not raw or folder is None or not any(folder.is_relative_to(root) for root in roots):
             errors.append((item_id, "file path outside the batch's folders"))
             continue
         why = refusal(path)

@@ -104,3 +104,25 @@ def regular_sha256(path: Path, within: Sequence[Path] = ()) -> str | None:
     except OSError as exc:
         log.warning("event=file_not_hashed path=%r: %s", str(path), exc)
         return None
+
+
+def rename_within(source: Path, target: Path, root: Path) -> bool:
+    """Rename ``source`` to ``target`` only if its folder really lies in ``root``; False,
+    nothing moved, when it does not. The folder is opened first, checked on its descriptor,
+    and the rename is made relative to that descriptor, so a folder swapped for a link after
+    the check still cannot make it move a file from outside (the entry itself, even a link,
+    is moved as itself: a rename never follows its last component). FileNotFoundError when
+    the folder or the entry is gone (moved already: the caller may go on as if moved)."""
+    try:
+        dirfd = os.open(source.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise
+    except OSError:
+        return False  # swapped for a link to a folder (ELOOP), or a file: never entered
+    try:
+        if not inside(opened_path(dirfd, source.parent), [root]):
+            return False
+        os.rename(source.name, target, src_dir_fd=dirfd)
+        return True
+    finally:
+        os.close(dirfd)
