@@ -187,6 +187,26 @@ def fail_batch(batch_id: int, message: str) -> None:
         )
 
 
+def ingestion_failed(batch_id: int, name: str, after: int, exc: BaseException) -> str:
+    """Fail a batch whose ingestion raised something unexpected; returns the recorded reason.
+
+    One input's bug must not cost the others: the batch fails with the exception's type and
+    message (on the batch and on each unscored item), and the caller goes on with the next
+    input. The traceback is logged at DEBUG only: `digits run`/`enqueue` configure no logging,
+    so at ERROR Python's last-resort handler would print it on the user's terminal."""
+    message = f"{name}: ingestion failed after row {after}: {type(exc).__name__}: {exc}"
+    log.error("batch %s: %s", batch_id, message)
+    log.debug("batch %s: traceback of the failed ingestion", batch_id, exc_info=exc)
+    fail_batch(batch_id, message)
+    return message
+
+
+def storable(text: str) -> str:
+    """A file name as the database can store it: a name that is not UTF-8 (Python keeps its
+    bytes as surrogates) gets them as ``\\xNN`` escapes, any other name is unchanged."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def enqueue_csv(
     path: Path,
     model_version: int | None = None,
@@ -250,11 +270,7 @@ def ingest_csv(
     except (DBAPIError, KeyboardInterrupt):
         raise  # resumable: the batch stays ``enqueueing`` with every committed block
     except Exception as exc:
-        message = (
-            f"{name}: ingestion failed after row {skip_rows + items}: {type(exc).__name__}: {exc}"
-        )
-        log.exception("batch %s: %s", batch_id, message)
-        fail_batch(batch_id, message)
+        message = ingestion_failed(batch_id, name, skip_rows + items, exc)
         return Enqueued(batch_id, items, errors, chunks, failed=message)
     total_items, total_errors, total_chunks = batch_counts(batch_id)
     if total_items == 0:
@@ -383,19 +399,50 @@ def enqueue_files(
         done_positions, seq0 = 0, 0
     else:
         batch_id, done_positions, seq0 = resume
+    try:
+        chunk_ids = _ingest_files(
+            batch_id, folder, files, chunk_size, final_root, dedupe, send, done_positions, seq0
+        )
+    except (DBAPIError, KeyboardInterrupt):
+        raise  # resumable: the batch stays ``enqueueing`` with every committed chunk
+    except Exception as exc:  # one folder's bug must not stop the next input
+        after = last_position(batch_id)
+        message = ingestion_failed(batch_id, str(folder), after, exc)
+        return Enqueued(batch_id, after, 0, 0, failed=message)
+    items, errors, chunks = batch_counts(batch_id)
+    if items == 0:
+        fail_batch(batch_id, f"{folder}: no files")
+        return Enqueued(batch_id, 0, 0, 0, failed=f"{folder}: no files")
+    finish_enqueue(batch_id, items, errors, chunks)
+    return Enqueued(batch_id, items, errors, chunks, chunk_ids=chunk_ids)
+
+
+def _ingest_files(
+    batch_id: int,
+    folder: Path,
+    files: list[Path],
+    chunk_size: int,
+    final_root: Path | None,
+    dedupe: bool,
+    send: bool,
+    done_positions: int,
+    seq0: int,
+) -> list[int]:
+    """Commit ``files`` after position ``done_positions`` as chunks of ``batch_id``; returns
+    the chunk ids. Only the files still to ingest are checked and hashed: a resumed folder
+    does not read again what it already committed (the sorted list gives the same positions)."""
+    todo = files[done_positions:]
     # never read through a link: not the file's own, nor a sub-folder's swapped in after listing
-    refused = {file: refusal(file, within=folder) for file in files}
+    refused = {file: name_refusal(file, folder) or refusal(file, within=folder) for file in todo}
     digests = {
-        file: None if refused[file] else regular_sha256(file, within=[folder]) for file in files
+        file: None if refused[file] else regular_sha256(file, within=[folder]) for file in todo
     }
     earlier = earlier_items([d for d in digests.values() if d]) if dedupe else {}
     seen: set[str] = set()
     duplicates: list[dict[str, object]] = []
-    items = errors = 0
     chunk_ids: list[int] = []
     good: list[dict[str, object]] = []
     bad: list[tuple[dict[str, object], str]] = []
-
     sender = Sender()
 
     def flush() -> None:
@@ -407,28 +454,22 @@ def enqueue_files(
         good.clear()
         bad.clear()
 
-    for position, file in enumerate(files, start=1):
-        if position <= done_positions:
-            continue
+    for position, file in enumerate(todo, start=done_positions + 1):
         relative = file.relative_to(folder)
         where = (final_root or folder) / relative
         row: dict[str, object] = {
             "position": position,
-            "source_ref": str(relative),
+            "source_ref": storable(str(relative)),
             # never resolve the entry itself: that follows a link
-            "path": str(where.parent.resolve() / where.name),
+            "path": storable(str(where.parent.resolve() / where.name)),
         }
         digest = digests[file]
-        items += 1
         if refused[file]:
             bad.append((row, str(refused[file])))
-            errors += 1
         elif file.suffix.lower() not in IMAGE_SUFFIXES:
             bad.append((row, f"not an accepted image type: {file.suffix or 'no extension'}"))
-            errors += 1
         elif digest is None:
             bad.append((row, "cannot read file"))
-            errors += 1
         elif dedupe and (digest in earlier or digest in seen):
             duplicates.append({**row, "sha256": digest, "earlier": earlier.get(digest)})
         else:
@@ -439,18 +480,33 @@ def enqueue_files(
     if good or bad:
         flush()
     add_duplicates(batch_id, duplicates)
-    items, errors, chunks = batch_counts(batch_id)
-    if items == 0:
-        fail_batch(batch_id, f"{folder}: no files")
-        return Enqueued(batch_id, 0, 0, 0, failed=f"{folder}: no files")
-    finish_enqueue(batch_id, items, errors, chunks)
-    return Enqueued(batch_id, items, errors, chunks, chunk_ids=chunk_ids)
+    return chunk_ids
+
+
+def last_position(batch_id: int) -> int:
+    """The last row or file ingested: chunks commit whole, so every position up to it is in."""
+    with session() as sess:
+        last = sess.scalar(select(func.max(Item.position)).where(Item.batch_id == batch_id))
+    return int(last or 0)
+
+
+def name_refusal(file: Path, folder: Path) -> str | None:
+    """A name that is not UTF-8 cannot be stored (nor shown, nor exported): that file is
+    refused as one item with the reason, instead of crashing its whole folder."""
+    name = str(file.relative_to(folder))
+    if storable(name) == name:
+        return None
+    return f"file name is not valid UTF-8: refused (its bytes: {storable(name)})"
 
 
 def enqueue_path(
     path: Path, model_version: int | None = None, progress: ProgressFn | None = None
 ) -> Enqueued:
-    """A CSV (``.csv``/``.csv.gz``) or a folder of images."""
+    """A CSV (``.csv``/``.csv.gz``) or a folder of images. A path that is not UTF-8 is
+    refused before a batch exists: the batch's source could not be stored."""
+    shown = storable(str(path.absolute()))
+    if shown != str(path.absolute()):
+        raise SourceError(f"{shown}: the path is not valid UTF-8; rename it")
     if path.is_dir():
         folder = path.resolve()
         return enqueue_files(folder, image_files(folder), model_version=model_version)

@@ -165,7 +165,7 @@ def test_sigint_of_digits_run_says_what_it_leaves_and_cancel_stops_it(
     """Ctrl-C (SIGINT) of `digits run` while it ingests: exit 130, no traceback, one line per
     batch left with the commands that finish or drop it; `digits cancel` then stops the batch:
     no chunk left queued or running, every item predicted or with its reason."""
-    source = big_csv(tmp_path / "in", sample_rows, 40_000)
+    source = big_csv(tmp_path / "in", sample_rows, 100_000)  # long enough to interrupt under load
     proc = cli("run", str(source), "--quiet")
     wait_until(lambda: chunks_of(the_batch()) >= 10, 180, what="10 chunks ingested")
     proc.send_signal(signal.SIGINT)
