@@ -40,23 +40,12 @@ def test_whole_worker_killed_then_restarted_completes(
 
     get_settings.cache_clear()
     source = write_csv(tmp_path / "big.csv", sample_rows[:1] + sample_rows[1:] * 30)  # 6,000
-    first = worker_factory()
-    first.wait_ready()
-    done = enqueue_csv(source, chunk_size=500)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with session() as sess:
-            states = sess.scalars(select(Chunk.state).where(Chunk.batch_id == done.batch_id)).all()
-        if "running" in states and "done" in states:
-            break
-        time.sleep(0.02)
-    first.kill_all()
-    killed_at = time.monotonic()
+    batch_id, killed_at = _kill_mid_batch(worker_factory, source)
     second = worker_factory()
-    [state] = wait_for([done.batch_id], timeout=180)
+    [state] = wait_for([batch_id], timeout=180)
     recovery = time.monotonic() - killed_at
     assert state.status == "done", second.tail()
-    counts = prediction_counts(done.batch_id)
+    counts = prediction_counts(batch_id)
     assert len(counts) == 6000 and set(counts.values()) == {1}
     assert recovery < 60, f"recovery took {recovery:.1f} s"
     print(f"[{backend}] whole-worker kill: 0 lost, 0 duplicates, recovered in {recovery:.1f} s")
