@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from digits.core.db import aware, session
+from digits.core.schema import AliasHistory, ModelAlias, utcnow
 from digits.core.settings import get_settings
 from model_store.registry import ModelError, ModelVersion, default_version, get_version
 
@@ -49,9 +51,6 @@ def alias_target(alias: str) -> int | None:
     from sqlalchemy import select
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    from digits.core.db import session
-    from digits.core.schema import ModelAlias
-
     try:
         with session() as sess:
             return sess.scalar(select(ModelAlias.version).where(ModelAlias.alias == alias))
@@ -63,9 +62,6 @@ def all_aliases() -> dict[int, list[str]]:
     """version → the aliases naming it (for listings; empty before the schema exists)."""
     from sqlalchemy import select
     from sqlalchemy.exc import OperationalError, ProgrammingError
-
-    from digits.core.db import session
-    from digits.core.schema import ModelAlias
 
     found: dict[int, list[str]] = {}
     try:
@@ -105,8 +101,6 @@ def set_alias(alias: str, version: int, reason: str = "") -> AliasChange:
     production to the default itself records "from" as None: nothing earlier to return to).
     Pointing an alias at the version it already names changes nothing and records nothing.
     """
-    from digits.core.db import session
-    from digits.core.schema import AliasHistory, ModelAlias, utcnow
 
     _check_name(alias)
     _check_version(version)
@@ -143,9 +137,6 @@ def history(alias: str = PRODUCTION, limit: int | None = None) -> list[AliasChan
     """The alias' moves, newest first (empty when it never moved or the schema is missing)."""
     from sqlalchemy import select
     from sqlalchemy.exc import OperationalError, ProgrammingError
-
-    from digits.core.db import aware, session
-    from digits.core.schema import AliasHistory
 
     query = select(AliasHistory).where(AliasHistory.alias == alias).order_by(AliasHistory.id.desc())
     if limit is not None:

@@ -10,9 +10,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from digits.core.images import Rejected, image_to_tensor
 from digits.core.preprocess import rows_to_tensor, stack
+from digits.core.settings import get_settings
+from digits.core.synthetic_scans import render_scan
 from model_store.calibration import apply_temperature, expected_calibration_error
 from model_store.data import SPLIT_SEED, Split, load_split
+from model_store.loading import load
+from model_store.overlap import member_overlap
 from model_store.registry import ModelVersion
 
 
@@ -51,8 +56,6 @@ def scan_like_validation(
     """The held-out rows rendered as realistic scans and run through the production
     preprocessing, so calibration sees what the inbox sees; returns (tensors, labels, refused).
     """
-    from digits.core.images import Rejected, image_to_tensor
-    from digits.core.synthetic_scans import render_scan
 
     rng = np.random.default_rng(seed)
     tensors: list[NDArray[np.float32]] = []
@@ -70,8 +73,6 @@ def scan_like_validation(
 def measure(version: ModelVersion, data: Path, scans: bool = True) -> dict[str, Any]:
     """Re-measure a registered version on the fixed held-out rows of ``data`` (clean, and
     rendered as scans), with the same evaluation its card was written with."""
-    from digits.core.settings import get_settings
-    from model_store.loading import load
 
     split = load_split(data)
     model = load(version)
@@ -84,8 +85,6 @@ def measure(version: ModelVersion, data: Path, scans: bool = True) -> dict[str, 
     }
     members = _members(model)
     if members:
-        from model_store.overlap import member_overlap
-
         result["members"] = member_overlap(
             _member_probs(members, rows_to_tensor(split.x_val)), probs, split.y_val, split.val_rows
         )

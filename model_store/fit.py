@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 
 from digits.core.preprocess import rows_to_tensor
 from model_store.augmentation import augmenter
+from model_store.schedule import fitted_epochs, learning_rate, pace
 from model_store.train_config import TrainConfig
 
 # (steps just done, description, member index, the epochs that member's schedule now has)
@@ -38,8 +39,6 @@ def _keras_callback(
     of every step from that schedule (the CNNs); without, only the epoch count is fitted (the
     origin's MLP keeps RMSprop's constant rate)."""
     import keras
-
-    from model_store.schedule import fitted_epochs, learning_rate, pace
 
     class Callback(keras.callbacks.Callback):
         epochs_run = 0

@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from digits.core.settings import get_settings
+from model_store.loading import configure_threads, load
 from model_store.registry import ModelVersion, get_version
 
 log = logging.getLogger("digits.worker")
@@ -35,8 +36,6 @@ def model_for(version: int) -> tuple[ModelVersion, Any]:
     """The loaded model for ``version`` (hash-verified, safe mode), cached per process."""
     cached = _models.get(version)
     if cached is None:
-        from model_store.loading import configure_threads, load
-
         configure_threads(get_settings().threads_per_worker())
         meta = get_version(version)
         cached = (meta, warm(load(meta)))  # may raise: then nothing below runs or is dropped

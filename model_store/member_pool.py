@@ -11,7 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from digits.core.processes import watch_parent  # the same watcher `digits worker` uses
 from model_store.fit import MemberJob, ReportFn, train_member
+from model_store.loading import configure_threads
 
 _events: Any = None  # in a member's process: the queue its progress goes to
 
@@ -24,8 +26,6 @@ def _member_init(events: Any, parent: int) -> None:
     stopped by SIGTERM or SIGKILL cannot shut its pool down, and orphaned members would keep
     both cores busy for up to an hour training models nobody will register."""
     global _events
-    from digits.core.processes import watch_parent  # the same watcher `digits worker` uses
-    from model_store.loading import configure_threads
 
     # os._exit, not a clean exit: the member holds no state worth saving, and a hung
     # TensorFlow call must not delay it

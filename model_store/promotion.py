@@ -14,7 +14,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from digits.core.csv_input import CsvFileError, read_labelled
+from digits.core.preprocess import rows_to_tensor
+from digits.core.settings import get_settings
 from model_store.aliases import PRODUCTION, AliasError, alias_target, set_alias
+from model_store.inference import predict
+from model_store.loading import load
 from model_store.registry import ModelError, ModelVersion, default_version, get_version, verify
 
 DEFAULT_TOLERANCE = 0.002
@@ -44,8 +49,6 @@ class PromotionResult:
 
 def golden_accuracy(model: Any, pixels: Any, labels: Any) -> float:
     """Top-1 accuracy on the golden rows (temperature scaling never changes the arg-max)."""
-    from digits.core.preprocess import rows_to_tensor
-    from model_store.inference import predict
 
     probs = predict(model, rows_to_tensor(pixels))
     return float((probs.argmax(axis=1) == labels).mean())
@@ -53,7 +56,6 @@ def golden_accuracy(model: Any, pixels: Any, labels: Any) -> float:
 
 def _load_checked(meta: ModelVersion) -> Any:
     """Hash check, then safe load with the signature check; any refusal is a PromotionError."""
-    from model_store.loading import load
 
     try:
         verify(meta)
@@ -87,7 +89,6 @@ def promote(
     When the current target itself cannot be loaded (tampered, deleted) there is nothing to
     regress from, so the candidate is judged on integrity alone and the result says so.
     """
-    from digits.core.csv_input import CsvFileError, read_labelled
 
     if tolerance < 0:
         raise PromotionError(f"tolerance must be >= 0, got {tolerance}")
@@ -129,7 +130,6 @@ def promote(
         change = set_alias(alias, version, text)
     except AliasError as exc:
         raise PromotionError(str(exc)) from exc
-    from digits.core.settings import get_settings
 
     forced_version = get_settings().model_version
     if alias == PRODUCTION and forced_version is not None:

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from digits.core.csv_input import read_unlabelled
 from digits.core.preprocess import rows_to_tensor
+from digits.core.settings import get_settings
 from model_store.augmentation import augmentation
 from model_store.calibration import fit_temperature
 from model_store.choices import PRECISIONS
@@ -27,6 +28,7 @@ from model_store.data import SPLIT_SEED, Split, load_split
 from model_store.evaluation import evaluate, held_out_probs, scan_like_validation
 from model_store.fit import MemberJob
 from model_store.member_pool import train_members
+from model_store.pseudo import confident_labels, not_held_out
 from model_store.registry import ModelVersion, register, sha256_file
 from model_store.schedule import PEAK_LEARNING_RATE, member_deadlines, teacher_share
 from model_store.train_config import TrainConfig
@@ -75,7 +77,6 @@ def _pseudo_labelled(
     average labels with at least ``pseudo_threshold`` (never a held-out row), and the card's
     record of how they were made."""
     from model_store.architectures import build_ensemble
-    from model_store.pseudo import confident_labels, not_held_out
 
     models = [model for model, _ in teachers]
     teacher = models[0] if len(models) == 1 else build_ensemble(models)
@@ -214,7 +215,6 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
     temperature = fit_temperature(
         np.concatenate([probs, scan_probs]), np.concatenate([split.y_val, scan_labels])
     )
-    from digits.core.settings import get_settings
 
     threshold = get_settings().confidence_threshold
     metrics = evaluate(probs, split.y_val, temperature, threshold)

@@ -17,6 +17,10 @@ from typing import Any
 from digits.core.settings import get_settings
 from model_store.registry import ModelError
 from scheduler.inbox import Inbox
+from worker import metrics
+from worker.celery_app import TASK_EXPORT, sending_app
+from worker.heartbeat import sweeper_beat, sweeper_gone
+from worker.sweeper import sweep
 
 log = logging.getLogger("digits.scheduler")
 
@@ -24,8 +28,6 @@ log = logging.getLogger("digits.scheduler")
 def beat_schedule() -> dict[str, Any]:
     """The nightly export: a crontab in the configured time zone, or every N s for tests."""
     from celery.schedules import crontab
-
-    from worker.celery_app import TASK_EXPORT
 
     settings = get_settings()
     schedule: Any = settings.export_schedule_seconds or crontab(
@@ -37,8 +39,6 @@ def beat_schedule() -> dict[str, Any]:
 def start_beat() -> Any:
     """Celery beat embedded as a thread (it publishes; a worker runs the export)."""
     from celery.beat import EmbeddedService
-
-    from worker.celery_app import sending_app
 
     settings = get_settings()
     app = sending_app()
@@ -81,9 +81,6 @@ def watch(root: Path, wake: threading.Event, inbox: Inbox | None = None) -> Any:
 
 def run_scheduler(stop: threading.Event, beat: bool = True) -> None:
     """Scan the inbox, sweep leases, file failures, until ``stop`` is set."""
-    from worker import metrics
-    from worker.heartbeat import sweeper_beat, sweeper_gone
-    from worker.sweeper import sweep
 
     settings = get_settings()
     inbox = Inbox(settings.inbox_dir, settings.inbox_settle_seconds)

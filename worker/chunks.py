@@ -24,6 +24,8 @@ from numpy.typing import NDArray
 from sqlalchemy import select, update
 
 from digits.core.db import aware, insert_ignore, session
+from digits.core.images import Rejected, image_to_tensor
+from digits.core.preprocess import rows_to_tensor, stack
 from digits.core.processes import pid_alive
 from digits.core.safe_files import read_regular, real, refusal
 from digits.core.schema import Batch, Chunk, Item, Prediction, utcnow
@@ -34,6 +36,9 @@ from digits.core.state_machine import (
     quarantine,
     record_item_errors,
 )
+from model_store.inference import model_for, predict
+from worker.metrics import record_chunk
+from worker.results import prediction_rows, shape
 
 log = logging.getLogger("digits.worker")
 HOST = socket.gethostname()
@@ -182,8 +187,6 @@ def read_inputs(found: Claim) -> Inputs:
             select(Item.id).where(Item.chunk_id == found.chunk_id).order_by(Item.position)
         ).all()
     if found.kind == "csv":
-        from digits.core.preprocess import rows_to_tensor
-
         staged = settings.staging_dir / found.ref
         if not inside(staged, settings.staging_dir):
             raise ValueError(f"chunk reference {found.ref!r} points outside the staging folder")
@@ -197,8 +200,6 @@ def read_inputs(found: Claim) -> Inputs:
 
 
 def read_images(found: Claim, rows: list[tuple[int, str | None]]) -> Inputs:
-    from digits.core.images import Rejected, image_to_tensor
-    from digits.core.preprocess import stack
 
     settings = get_settings()
     roots = [Path(found.source).resolve(), settings.inbox_dir.resolve()]  # once per chunk
@@ -288,8 +289,6 @@ def write_results(
 
 def process_chunk(chunk_id: int) -> str:
     """Score one chunk end to end; returns what happened (for logs and tests)."""
-    from model_store.inference import model_for, predict
-    from worker.results import prediction_rows, shape
 
     started = time.perf_counter()
     found = claim(chunk_id)
@@ -330,8 +329,6 @@ def process_chunk(chunk_id: int) -> str:
             reason,
         )
     if written:  # after the commit; metrics never fail a chunk (see worker/metrics.py)
-        from worker.metrics import record_chunk
-
         record_chunk(
             found.kind,
             found.model_version,

@@ -19,6 +19,7 @@ from sqlalchemy import delete, exists, select
 from digits.core.db import session
 from digits.core.schema import WorkerHeartbeat, utcnow
 from digits.core.settings import get_settings
+from worker.sweeper import sweep
 
 log = logging.getLogger("digits.worker")
 INTERVAL = 5.0
@@ -85,7 +86,6 @@ def sweep_if_alone() -> None:
     is claimed once."""
     if sweeper_alive():
         return
-    from worker.sweeper import sweep
 
     report = sweep()
     if report.requeued or report.resent or report.quarantined:

@@ -44,8 +44,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from digits.core.db import aware, session
 from digits.core.processes import pid_alive
+from digits.core.schema import Batch, Chunk, utcnow
 from digits.core.settings import get_settings
+from model_store.inference import loaded_versions as in_this_process
 
 log = logging.getLogger("digits.metrics")
 
@@ -317,8 +320,6 @@ def record_chunk(
         if metrics is None:
             return
         if loaded_versions is None:
-            from model_store.inference import loaded_versions as in_this_process
-
             loaded_versions = in_this_process()
         serve("worker")
         scores = [float(c) for c in confidences]
@@ -341,9 +342,6 @@ def update_queue_gauges() -> None:
         if metrics is None:
             return
         from sqlalchemy import func, select
-
-        from digits.core.db import aware, session
-        from digits.core.schema import Batch, Chunk, utcnow
 
         with session() as sess:
             counts = dict(

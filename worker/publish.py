@@ -6,13 +6,13 @@ from sqlalchemy import update
 
 from digits.core.db import session
 from digits.core.schema import Chunk, utcnow
+from worker.celery_app import QUEUE, TASK_SCORE, sending_app
 
 
 def send_chunks(chunk_ids: list[int]) -> None:
     """Wake workers for these chunks and stamp when (the sweeper re-sends lost messages)."""
     if not chunk_ids:
         return
-    from worker.celery_app import QUEUE, TASK_SCORE, sending_app
 
     app = sending_app()
     with app.producer_or_acquire() as producer:

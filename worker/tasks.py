@@ -13,6 +13,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from worker import heartbeat as _heartbeat  # noqa: F401  (registers worker signals)
 from worker import warmup as _warmup  # noqa: F401  (children load the model before work)
 from worker.celery_app import TASK_SCORE, TASK_SWEEP, app
+from worker.chunks import process_chunk
+from worker.sweeper import sweep as run_sweep
 
 log = logging.getLogger("digits.worker")
 
@@ -21,7 +23,6 @@ log = logging.getLogger("digits.worker")
 def score_chunk(self: Task, chunk_id: int) -> str:
     """Score chunk ``chunk_id``. Errors are retried with backoff; our own attempt counter (in
     the database) quarantines a chunk that keeps failing, so this never loops forever."""
-    from worker.chunks import process_chunk
 
     try:
         chunk_id = int(chunk_id)
@@ -43,6 +44,5 @@ def score_chunk(self: Task, chunk_id: int) -> str:
 @app.task(name=TASK_SWEEP, acks_late=True)
 def sweep() -> dict[str, Any]:
     """Re-send chunks whose lease expired or whose message was lost (beat runs this)."""
-    from worker.sweeper import sweep as run_sweep
 
     return run_sweep().as_dict()

@@ -15,6 +15,9 @@ from typing import Any
 
 from celery.signals import worker_process_init
 
+from model_store.aliases import resolve_active
+from model_store.inference import model_for
+
 log = logging.getLogger("digits.worker")
 
 
@@ -23,9 +26,6 @@ def load_active_model(**_: Any) -> None:
     """Load the version new batches are pinned to. A failure is logged, never raised: the
     child must still come up, and a chunk then loads (and reports) what its batch names."""
     try:
-        from model_store.aliases import resolve_active
-        from model_store.inference import model_for
-
         model_for(resolve_active().version)
     except Exception:
         log.exception("could not preload the active model; chunks will load what they need")

@@ -18,10 +18,18 @@ from typing import Any
 import numpy as np
 
 from digits.app.runner import wait_for
-from digits.core.csv_input import read_blocks
+from digits.app.supervision import start_workers, stop_workers
+from digits.core.csv_input import read_blocks, read_labelled
+from digits.core.db import upgrade
+from digits.core.preprocess import rows_to_tensor
+from digits.core.queries import connected_workers, results
 from digits.core.settings import get_settings
+from digits.core.synthetic_scans import render_scan
 from model_store.aliases import resolve_active
-from scheduler.batches import enqueue_csv
+from model_store.inference import predict
+from model_store.loading import load
+from model_store.registry import get_version
+from scheduler.batches import enqueue_csv, enqueue_files, image_files
 
 SAMPLE = Path(__file__).resolve().parents[2] / "digits" / "samples" / "sample.csv.gz"
 
@@ -32,9 +40,6 @@ def load_pixels(path: Path) -> np.ndarray:
 
 
 def end_to_end(data: Path, workers: int, timeout: float) -> dict[str, Any]:
-    from digits.app.supervision import start_workers, stop_workers
-    from digits.core.db import upgrade
-    from digits.core.queries import connected_workers
 
     settings = get_settings()
     upgrade()
@@ -66,8 +71,6 @@ def end_to_end(data: Path, workers: int, timeout: float) -> dict[str, Any]:
 
 
 def model_only(version: int, pixels: np.ndarray, batch_size: int) -> float:
-    from digits.core.preprocess import rows_to_tensor
-    from model_store.inference import predict
 
     model = _load(version)
     tensor = rows_to_tensor(pixels)
@@ -80,7 +83,6 @@ def model_only(version: int, pixels: np.ndarray, batch_size: int) -> float:
 
 def seed_loop(version: int, pixels: np.ndarray) -> float:
     """The origin notebook's serving loop: ``model.predict`` once per image."""
-    from digits.core.preprocess import rows_to_tensor
 
     model = _load(version)
     tensor = rows_to_tensor(pixels)
@@ -92,16 +94,12 @@ def seed_loop(version: int, pixels: np.ndarray) -> float:
 
 
 def _load(version: int) -> Any:
-    from model_store.loading import load
-    from model_store.registry import get_version
 
     return load(get_version(version))
 
 
 def generate_scans(folder: Path, count: int, size: int = 300, seed: int = 0) -> list[int]:
     """Write ``count`` realistic JPEG scans (from the shipped sample's labelled rows)."""
-    from digits.core.csv_input import read_labelled
-    from digits.core.synthetic_scans import render_scan
 
     pixels, labels = read_labelled(SAMPLE)
     rng = np.random.default_rng(seed)
@@ -120,11 +118,6 @@ def image_bench(
 ) -> dict[str, Any]:
     """End-to-end scans/s on a generated folder of ~size×size JPEG scans (warm workers)."""
     import tempfile
-
-    from digits.app.supervision import start_workers, stop_workers
-    from digits.core.db import upgrade
-    from digits.core.queries import connected_workers
-    from scheduler.batches import enqueue_files, image_files
 
     settings = get_settings()
     upgrade()
@@ -149,7 +142,6 @@ def image_bench(
             seconds = time.perf_counter() - started
         finally:
             stop_workers(proc)
-    from digits.core.queries import results
 
     rows = results(done.batch_id)
     correct = sum(1 for r in rows if r["label"] == truth[r["image_id"] - 1])

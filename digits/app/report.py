@@ -28,8 +28,10 @@ from numpy.typing import NDArray
 from sqlalchemy import select
 
 from digits.core.db import session
+from digits.core.images import Rejected, image_to_tensor
 from digits.core.schema import Batch, Chunk, Item, ItemError, Prediction
 from digits.core.settings import get_settings
+from scheduler.export import atomic_write
 
 DIGITS = list(range(10))
 GRID_ITEMS = 16
@@ -165,8 +167,6 @@ def file_pixels(item_ids: list[int]) -> dict[int, NDArray[np.float32]]:
     """Image items: the file preprocessed exactly as the worker does (28×28, ink bright);
     a file the preprocessing refuses is shown as the original, in grayscale."""
     from PIL import Image
-
-    from digits.core.images import Rejected, image_to_tensor
 
     settings = get_settings()
     with session() as sess:
@@ -469,7 +469,6 @@ def build_report(batch_id: int, out_dir: Path, grid: int = GRID_ITEMS) -> Report
         images["confusion"] = plot_confusion(confusion(pairs), out_dir / "confusion.png")
     errors = [r for r in data.rows if r.error]
     page = render_html(info, {k: p.name for k, p in images.items()}, least, errors)
-    from scheduler.export import atomic_write
 
     index = out_dir / "index.html"
     atomic_write(index, [page])

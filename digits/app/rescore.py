@@ -16,6 +16,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from digits.core.db import insert_ignore, session
+from digits.core.preprocess import rows_to_tensor
+from digits.core.schema import Batch, Chunk, Item, Prediction
+from digits.core.settings import get_settings
+from model_store.inference import model_for, predict
+from model_store.registry import ModelError
+from worker.chunks import Claim, inside, read_images
+from worker.results import prediction_rows, shape
+
 ProgressFn = Callable[[int, int], None]  # (items scored so far, items to score)
 
 
@@ -71,9 +80,6 @@ def _csv_inputs(
     ref: str, chunk_items: list[tuple[int, str]], wanted: set[int]
 ) -> tuple[list[int], NDArray[np.float32]]:
     """A CSV chunk's staged rows for the wanted items (rows follow item position order)."""
-    from digits.core.preprocess import rows_to_tensor
-    from digits.core.settings import get_settings
-    from worker.chunks import inside
 
     staging = get_settings().staging_dir
     staged = staging / ref
@@ -99,14 +105,6 @@ def rescore(batch_id: int, version: int, progress: ProgressFn | None = None) -> 
     existing (item, version) rows, so an interrupted re-score can simply be run again.
     """
     from sqlalchemy import func, select
-
-    from digits.core.db import insert_ignore, session
-    from digits.core.schema import Batch, Chunk, Item, Prediction
-    from digits.core.settings import get_settings
-    from model_store.inference import model_for, predict
-    from model_store.registry import ModelError
-    from worker.chunks import Claim, read_images
-    from worker.results import prediction_rows, shape
 
     with session() as sess:
         batch = sess.get(Batch, batch_id)

@@ -12,9 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from digits.app.supervision import start_workers, stop_workers
 from digits.core.queries import BatchProgress, batch_progress, connected_workers
 from digits.core.settings import get_settings
 from scheduler.batches import SourceError, enqueue_path
+from scheduler.export import ExportError, export_batch
+from worker.heartbeat import sweeper_beat
+from worker.sweeper import sweep
 
 
 @dataclass
@@ -84,9 +88,6 @@ def wait_for(
     """Poll until every batch is done or failed; sweep as we go; keep local workers alive."""
     from sqlalchemy.exc import DBAPIError
 
-    from worker.heartbeat import sweeper_beat
-    from worker.sweeper import sweep
-
     settings = get_settings()
     deadline = time.monotonic() + timeout
     next_sweep = time.monotonic() + settings.sweep_seconds
@@ -140,8 +141,6 @@ def run_paths(
     interrupted half-way can say what it leaves behind."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from digits.app.supervision import start_workers, stop_workers
-
     settings = get_settings()
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
@@ -191,8 +190,6 @@ def run_paths(
             stop_workers(proc)
     summary = RunSummary(state, time.monotonic() - started, problems)
     if out is not None:
-        from scheduler.export import ExportError, export_batch
-
         for b in state:
             if b.status != "done":
                 continue
