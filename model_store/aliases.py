@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from digits.core.db import aware, session
+from digits.core.db import aware, no_data_here, session
 from digits.core.schema import AliasHistory, ModelAlias, utcnow
 from digits.core.settings import get_settings
 from model_store.registry import ModelError, ModelVersion, default_version, get_version
@@ -47,10 +47,13 @@ class AliasChange:
 
 
 def alias_target(alias: str) -> int | None:
-    """The version an alias points at, or None when it has never been set."""
+    """The version an alias points at, or None when it has never been set (or there is no
+    database yet: reading one must not create it)."""
     from sqlalchemy import select
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
+    if no_data_here():
+        return None
     try:
         with session() as sess:
             return sess.scalar(select(ModelAlias.version).where(ModelAlias.alias == alias))
@@ -64,6 +67,8 @@ def all_aliases() -> dict[int, list[str]]:
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
     found: dict[int, list[str]] = {}
+    if no_data_here():
+        return found
     try:
         with session() as sess:
             for alias, version in sess.execute(
@@ -141,6 +146,8 @@ def history(alias: str = PRODUCTION, limit: int | None = None) -> list[AliasChan
     query = select(AliasHistory).where(AliasHistory.alias == alias).order_by(AliasHistory.id.desc())
     if limit is not None:
         query = query.limit(limit)
+    if no_data_here():
+        return []
     try:
         with session() as sess:
             rows = sess.scalars(query).all()
@@ -207,3 +214,32 @@ def resolve_active(requested: int | None = None) -> ModelVersion:
             f"here; move it to an installed version (digits models list), e.g. "
             f"digits models promote {default_version().version}"
         ) from exc
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    """The version new batches are pinned to, and why: said plainly wherever a version is
+    shown (`models list/show/history`, `status`), so "no alias" never reads as "no model"."""
+
+    version: ModelVersion
+    source: str  # "setting" (DIGITS_MODEL_VERSION), "alias" (production) or "default"
+    what: str  # "the bundled default", "named by the production alias", …
+
+    @property
+    def why(self) -> str:
+        return f"{self.what}; no production alias is set" if self.source == "default" else self.what
+
+    def as_dict(self) -> dict[str, object]:
+        return {"version": self.version.version, "source": self.source, "why": self.why}
+
+
+def active_model() -> ActiveModel:
+    """What `resolve_active()` picks for a new batch, with the reason in words."""
+    forced = get_settings().model_version
+    if forced is not None:
+        return ActiveModel(resolve_active(), "setting", "forced by DIGITS_MODEL_VERSION")
+    if alias_target(PRODUCTION) is not None:
+        return ActiveModel(resolve_active(), "alias", "named by the production alias")
+    version = default_version()
+    kind = "the bundled default" if version.bundled else "the newest version (none is bundled)"
+    return ActiveModel(version, "default", kind)

@@ -9,6 +9,7 @@ the database does not know.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -25,16 +26,18 @@ from sqlalchemy.exc import DBAPIError
 from digits.core.csv_input import NO_LABEL, CsvFileError, read_blocks
 from digits.core.db import session
 from digits.core.processes import this_process
-from digits.core.safe_files import is_hidden, refusal, regular_sha256
+from digits.core.safe_files import refusal, regular_sha256
 from digits.core.schema import Batch, Chunk, Item, utcnow
 from digits.core.settings import get_settings
 from digits.core.state_machine import complete_batch_if_finished, record_item_errors, stop_batch
 from model_store.aliases import resolve_active
 from model_store.registry import ModelVersion, file_sha256_or_none
+from scheduler.inputs import IMAGE_SUFFIXES, Planned, image_files, storable
 from worker.publish import send_chunks
 
+__all__ = ["IMAGE_SUFFIXES", "image_files", "storable"]  # their home is scheduler/inputs.py
 log = logging.getLogger("digits.scheduler")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
+LISTING = "files.json"
 ProgressFn = Callable[[int], None]  # items enqueued so far
 
 
@@ -201,12 +204,6 @@ def ingestion_failed(batch_id: int, name: str, after: int, exc: BaseException) -
     return message
 
 
-def storable(text: str) -> str:
-    """A file name as the database can store it: a name that is not UTF-8 (Python keeps its
-    bytes as surrogates) gets them as ``\\xNN`` escapes, any other name is unchanged."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 def enqueue_csv(
     path: Path,
     model_version: int | None = None,
@@ -311,24 +308,6 @@ def batch_counts(batch_id: int) -> tuple[int, int, int]:
     return int(items), int(errors), int(chunks)
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Every entry of a folder that is not a folder itself, in a stable order (sorted by
-    relative path), walked without following links: a link (to a file or a folder), a FIFO
-    or a socket is listed, so it gets an item and its reason; hidden names (one leading dot)
-    are skipped, as the inbox documents."""
-    found: list[Path] = []
-    for top, dirs, files in os.walk(folder, followlinks=False):
-        base = Path(top)
-        dirs[:] = [d for d in dirs if not is_hidden(d)]
-        for name in files:
-            if not is_hidden(name):
-                found.append(base / name)
-        for name in dirs:  # a link to a folder is listed in dirs but never entered
-            if (base / name).is_symlink():
-                found.append(base / name)
-    return sorted(found, key=lambda p: str(p.relative_to(folder)))
-
-
 def earlier_items(digests: list[str]) -> dict[str, int]:
     """sha256 → id of the first image item already holding that content (for dedupe)."""
     if not digests:
@@ -380,6 +359,8 @@ def enqueue_files(
     dedupe: bool = False,
     send: bool = True,
     resume: tuple[int, int, int] | None = None,
+    listed: bool = False,
+    names: dict[Path, str] | None = None,
 ) -> Enqueued:
     """Make one batch of image files, read in place by the workers.
 
@@ -389,6 +370,10 @@ def enqueue_files(
     With ``send=False`` the caller sends the chunks (after moving the files).
     ``resume`` = (batch id, last position ingested, last chunk seq) continues an interrupted
     ingestion of the same folder: the sorted file list is the same, so positions match.
+    ``listed``: ``files`` were named one by one, not listed from ``folder``; the list is kept
+    (``listed_files``) so a resume ingests the same files in the same order.
+    ``names``: the name each file came with, kept as its item's source when it differs from
+    the name on disk (a web upload stores files under safe names).
     Names that are not images are refused here; content is checked when the worker decodes.
     """
     # Smaller than CSV chunks: decoding dominates, and more chunks balance the workers
@@ -397,11 +382,22 @@ def enqueue_files(
         model = resolve_active(model_version)
         batch_id = create_batch(source or str(folder.resolve()), "images", model, None)
         done_positions, seq0 = 0, 0
+        if listed:
+            keep_listing(batch_id, files)
     else:
         batch_id, done_positions, seq0 = resume
     try:
         chunk_ids = _ingest_files(
-            batch_id, folder, files, chunk_size, final_root, dedupe, send, done_positions, seq0
+            batch_id,
+            folder,
+            files,
+            chunk_size,
+            final_root,
+            dedupe,
+            send,
+            done_positions,
+            seq0,
+            names or {},
         )
     except (DBAPIError, KeyboardInterrupt):
         raise  # resumable: the batch stays ``enqueueing`` with every committed chunk
@@ -427,6 +423,7 @@ def _ingest_files(
     send: bool,
     done_positions: int,
     seq0: int,
+    names: dict[Path, str] | None = None,
 ) -> list[int]:
     """Commit ``files`` after position ``done_positions`` as chunks of ``batch_id``; returns
     the chunk ids. Only the files still to ingest are checked and hashed: a resumed folder
@@ -459,7 +456,7 @@ def _ingest_files(
         where = (final_root or folder) / relative
         row: dict[str, object] = {
             "position": position,
-            "source_ref": storable(str(relative)),
+            "source_ref": storable((names or {}).get(file) or str(relative)),
             # never resolve the entry itself: that follows a link
             "path": storable(str(where.parent.resolve() / where.name)),
         }
@@ -499,11 +496,55 @@ def name_refusal(file: Path, folder: Path) -> str | None:
     return f"file name is not valid UTF-8: refused (its bytes: {storable(name)})"
 
 
+def keep_listing(batch_id: int, files: list[Path]) -> None:
+    """Keep the files of a batch named one by one beside its staged chunks (JSON keeps a name
+    that is not UTF-8 as its surrogates), written atomically before the first item."""
+    folder = get_settings().staging_dir / f"b{batch_id}"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump([str(f) for f in files], fh)
+    os.replace(tmp, folder / LISTING)
+
+
+def listed_files(batch_id: int) -> list[Path] | None:
+    """The files of a batch made of files named one by one (None: a folder's batch)."""
+    path = get_settings().staging_dir / f"b{batch_id}" / LISTING
+    if not path.is_file():
+        return None
+    return [Path(name) for name in json.loads(path.read_text())]
+
+
+def enqueue_image_files(files: list[Path], model_version: int | None = None) -> Enqueued:
+    """One batch of image files named one by one (from any folders). Its source is their
+    common folder (the workers read only files inside a batch's folder); each item is named
+    by its path below it. The entries themselves are never resolved: a link stays a link,
+    refused as an item like one in a folder."""
+    entries = [f.parent.resolve() / f.name for f in files]
+    folder = Path(os.path.commonpath([e.parent for e in entries]))
+    return enqueue_files(folder, entries, model_version=model_version, listed=True)
+
+
+def enqueue_planned(
+    planned: Planned, model_version: int | None = None, progress: ProgressFn | None = None
+) -> Enqueued:
+    """Make the batch ``plan_inputs`` (scheduler/inputs.py) planned: a CSV, a folder of
+    images, or image files named one by one."""
+    if planned.kind == "files":
+        return enqueue_image_files(list(planned.paths), model_version)
+    [path] = planned.paths
+    if planned.kind == "folder":
+        folder = path.resolve()
+        return enqueue_files(folder, image_files(folder), model_version=model_version)
+    return enqueue_csv(path, model_version, progress=progress)
+
+
 def enqueue_path(
     path: Path, model_version: int | None = None, progress: ProgressFn | None = None
 ) -> Enqueued:
-    """A CSV (``.csv``/``.csv.gz``) or a folder of images. A path that is not UTF-8 is
-    refused before a batch exists: the batch's source could not be stored."""
+    """A CSV (``.csv``/``.csv.gz``), a folder of images or one image file. A path that is not
+    UTF-8 is refused before a batch exists: the batch's source could not be stored. (The
+    command line checks its inputs first: scheduler/inputs.py ``plan_inputs``.)"""
     shown = storable(str(path.absolute()))
     if shown != str(path.absolute()):
         raise SourceError(f"{shown}: the path is not valid UTF-8; rename it")
@@ -512,4 +553,6 @@ def enqueue_path(
         return enqueue_files(folder, image_files(folder), model_version=model_version)
     if not path.exists():
         raise SourceError(f"{path}: no such file or folder")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return enqueue_image_files([path], model_version)
     return enqueue_csv(path, model_version, progress=progress)

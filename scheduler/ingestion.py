@@ -29,6 +29,7 @@ from scheduler.batches import (
     image_files,
     ingest_csv,
     ingester_name,
+    listed_files,
 )
 
 INBOX_PREFIX = "inbox:"
@@ -103,7 +104,10 @@ def resume_batch(batch_id: int, progress: ProgressFn | None = None) -> tuple[Enq
         ), last
     if not source.is_dir():
         raise IngestionError(f"batch {batch_id}: its folder {source} is gone")
-    return enqueue_files(source, image_files(source), resume=(batch_id, last, seq)), last
+    files = listed_files(batch_id)  # image files named one by one: the same files again
+    if files is None:
+        files = image_files(source)
+    return enqueue_files(source, files, resume=(batch_id, last, seq)), last
 
 
 def cancel_batch(batch_id: int) -> Cancelled:

@@ -47,6 +47,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
             monkeypatch.delenv(key)
     monkeypatch.setenv("DIGITS_HOME", str(tmp_path / "var"))
     monkeypatch.setenv("DIGITS_SWEEP_SECONDS", "1")
+    # no user's ~/.config/digits/digits.toml in a test (the folder is never created)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-user-config"))
     reset_caches()
     yield tmp_path / "var"
     reset_caches()

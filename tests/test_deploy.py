@@ -15,7 +15,15 @@ SERVICES: dict[str, Any] = COMPOSE["services"]
 
 
 def test_compose_has_every_role() -> None:
-    assert set(SERVICES) == {"redis", "postgres", "migrate", "worker", "scheduler", "flower"}
+    assert set(SERVICES) == {
+        "redis",
+        "postgres",
+        "migrate",
+        "worker",
+        "scheduler",
+        "web",
+        "flower",
+    }
 
 
 @pytest.mark.parametrize("name", ["redis", "postgres"])
@@ -43,7 +51,7 @@ def test_dependencies_wait_on_health_or_completion(name: str) -> None:
 
 def test_app_services_share_volumes_and_use_declared_ones() -> None:
     declared = set(COMPOSE["volumes"])
-    for name in ("migrate", "worker", "scheduler"):
+    for name in ("migrate", "worker", "scheduler", "web"):
         for volume in SERVICES[name]["volumes"]:
             source = volume.split(":")[0]
             assert source.startswith("./") or source in declared
@@ -70,3 +78,24 @@ def test_dockerfile_installs_the_package_and_drops_root() -> None:
     for package in ("digits", "worker", "scheduler", "model_store", "migrations"):
         assert any(line.startswith(f"COPY {package} ") for line in lines), package
     assert any(line.startswith("RUN pip install .") for line in lines)
+
+
+def test_web_service_serves_the_console_with_a_token_and_a_healthcheck() -> None:
+    """The console in compose: same image, listens on every interface of its container (so it
+    must have the token, from the environment, never from the file), published on the host's
+    loopback only, healthy when /healthz answers, and it shares the home (uploads) and the
+    models with the workers."""
+    web = SERVICES["web"]
+    assert web["image"] == SERVICES["worker"]["image"]
+    assert web["command"][:3] == ["web", "--host", "0.0.0.0"]
+    assert web["command"][web["command"].index("--port") + 1] == "8000"
+    assert web["environment"]["DIGITS_WEB_TOKEN"].startswith("${DIGITS_WEB_TOKEN:?")
+    assert web["ports"] == ["127.0.0.1:8000:8000"]
+    check = " ".join(web["healthcheck"]["test"])
+    assert "http://127.0.0.1:8000/healthz" in check
+    assert web["volumes"] == SERVICES["worker"]["volumes"]
+    assert (
+        web["environment"]["DIGITS_DATABASE_URL"]
+        == (SERVICES["worker"]["environment"]["DIGITS_DATABASE_URL"])
+    )
+    assert "DIGITS_WEB_TOKEN=" in (ROOT / ".env.example").read_text()

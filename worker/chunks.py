@@ -103,6 +103,7 @@ def claim(chunk_id: int) -> Claim | None:
         batch = sess.get_one(Batch, chunk.batch_id)
         chunk.state = "running"
         chunk.attempts += 1
+        chunk.claimed_at = chunk.claimed_at or now  # the first claim: where scoring began
         chunk.lease_owner = owner_name()
         chunk.lease_expires_at = now + timedelta(seconds=settings.lease_seconds)
         return Claim(

@@ -32,3 +32,10 @@ class Channel(filesystem.Channel):
 
 class Transport(filesystem.Transport):
     Channel = Channel
+
+    @property
+    def default_connection_params(self) -> dict[str, Any]:
+        """No host: the broker is a folder. kombu's virtual-transport default ('localhost')
+        made every connection info (Celery's start-up, each producer pool) log "No hostname
+        was supplied. Reverting to default 'localhost'", on `digits up`'s console too."""
+        return {"port": self.default_port}

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from digits.app.predict import predict_image
 from digits.app.runner import wait_for
-from digits.app.supervision import start_workers, stop_workers
+from digits.app.supervision import start_web, start_workers, stop_workers
 from digits.core.csv_input import read_blocks, read_labelled
 from digits.core.db import upgrade
 from digits.core.preprocess import rows_to_tensor
@@ -153,6 +154,113 @@ def image_bench(
         "seconds": round(seconds, 3),
         "e2e_scans_per_s": round(count / seconds, 1),
         "accuracy": round(correct / count, 4),
+    }
+
+
+def canvas_png(pixels: np.ndarray, side: int = 280) -> bytes:
+    """A sample row as the draw page sends it: white ink on a black 280×280 canvas, PNG."""
+    import io
+
+    from PIL import Image
+
+    img = Image.fromarray(np.asarray(pixels, np.uint8).reshape(28, 28), mode="L")
+    out = io.BytesIO()
+    img.resize((side, side), Image.Resampling.BILINEAR).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1000.0
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p95_ms": round(float(np.percentile(ms, 95)), 1),
+        "max_ms": round(float(ms.max()), 1),
+    }
+
+
+def _http_predictions(url: str, pngs: list[bytes]) -> tuple[list[float], list[int]]:
+    """POST each PNG to ``url``/draw/predict as the page does (CSRF cookie + header, or the
+    bearer token when DIGITS_WEB_TOKEN is set); returns seconds per request and labels."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/healthz", timeout=10) as first:
+        cookie = first.headers.get("set-cookie", "").split(";")[0]
+    csrf = cookie.split("=", 1)[-1]
+    token = get_settings().web_token
+    headers = {"Content-Type": "image/png", "Cookie": cookie, "X-CSRF-Token": csrf}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    seconds: list[float] = []
+    labels: list[int] = []
+    for png in pngs:
+        request = urllib.request.Request(f"{url}/draw/predict", png, headers, method="POST")
+        started = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=120) as response:
+            body = json.loads(response.read())
+        seconds.append(time.perf_counter() - started)
+        labels.append(int(body["label"]))
+    return seconds, labels
+
+
+def _wait_healthy(url: str, proc: Any, timeout: float = 120.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ValueError(f"digits web exited ({proc.returncode}) before answering")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"digits web did not answer at {url} within {timeout:.0f} s")
+
+
+def draw_bench(count: int, port: int = 0) -> dict[str, Any]:
+    """Latency of one draw-page prediction after warm-up, two ways, on held-out sample rows
+    drawn as the canvas sends them: ``function`` (digits.app.predict.predict_image in this
+    process: decode, the inbox's preprocessing, the model, shaping) and ``http`` (the
+    ``/draw/predict`` endpoint of a `digits web` started here, the page's whole round trip
+    but the browser). The first prediction of each (the model load) is not counted."""
+    import socket
+
+    pixels, labels = read_labelled(SAMPLE)
+    pngs = [canvas_png(pixels[i % len(labels)]) for i in range(count)]
+    truth = [int(labels[i % len(labels)]) for i in range(count)]
+    upgrade()
+    predict_image(pngs[0])  # warm-up: loads and traces the model
+    seconds: list[float] = []
+    got: list[int] = []
+    for png in pngs:
+        started = time.perf_counter()
+        got.append(predict_image(png).label)
+        seconds.append(time.perf_counter() - started)
+    if not port:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+    settings = get_settings()
+    logs = settings.home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    url = f"http://127.0.0.1:{port}"
+    proc = start_web(port, logs / "bench-web.log")
+    try:
+        _wait_healthy(url, proc)
+        _http_predictions(url, pngs[:1])  # warm-up of the server's model
+        http_seconds, http_labels = _http_predictions(url, pngs)
+    finally:
+        stop_workers(proc, timeout=10)
+    return {
+        "mode": "draw",
+        "predictions": count,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "model_version": resolve_active().version,
+        "function": _percentiles(seconds),
+        "http": _percentiles(http_seconds),
+        "accuracy": round(sum(a == b for a, b in zip(got, truth, strict=True)) / count, 4),
+        "http_agrees": http_labels == got,
     }
 
 

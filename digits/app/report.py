@@ -1,9 +1,11 @@
 """`digits report`: PNG plots and an ``index.html`` for one batch, to look at a batch by eye.
 
-What is in it: label distribution, calibrated-confidence histogram, the least-confident items
-with the very pixels the model saw (CSV: the staged rows; images: the file preprocessed the
-way the worker does it) and their predicted labels, and — when the input carried true labels —
-a confusion matrix and the accuracy.
+What is in it: label distribution, calibrated-confidence histogram, the items flagged for
+review (least confident first; with ``include_unflagged`` the least-confident items, flagged or
+not), each with its file name, the original scan beside the very pixels the model saw (CSV: the
+staged row, which is its own original; images: the file, then the file preprocessed the way the
+worker does it) and its predicted label, and — when the input carried true labels — a
+confusion matrix and the accuracy.
 
 The module is split so the numbers can be tested without drawing: ``load`` reads the database,
 the pure helpers (``label_counts``, ``confusion``, ``accuracy``, ``least_confident``,
@@ -28,7 +30,8 @@ from numpy.typing import NDArray
 from sqlalchemy import select
 
 from digits.core.db import session
-from digits.core.images import Rejected, image_to_tensor
+from digits.core.images import Rejected, decode_image, image_to_tensor
+from digits.core.safe_files import read_regular
 from digits.core.schema import Batch, Chunk, Item, ItemError, Prediction
 from digits.core.settings import get_settings
 from scheduler.export import atomic_write
@@ -36,6 +39,8 @@ from scheduler.export import atomic_write
 DIGITS = list(range(10))
 GRID_ITEMS = 16
 """Least-confident items shown: a 4×4 grid stays legible and cheap to render."""
+ORIGINAL_SIDE = 140
+"""The original scan is drawn at most this many pixels on a side (beside the 28×28)."""
 ERRORS_LISTED = 50
 
 
@@ -53,6 +58,7 @@ class Row:
     confidence: float | None
     true_label: int | None
     error: str | None
+    needs_review: bool = False  # flagged for review: calibrated confidence below the threshold
 
 
 @dataclass
@@ -80,6 +86,8 @@ class Report:
     index: Path
     images: dict[str, Path] = field(default_factory=dict)
     accuracy: float | None = None
+    flagged: int = 0  # items flagged for review in the batch
+    shown: int = 0  # items in the grid
 
 
 # ---------------------------------------------------------------- reading
@@ -99,6 +107,7 @@ def load(batch_id: int) -> BatchData:
                 Prediction.confidence,
                 Item.true_label,
                 ItemError.reason,
+                Prediction.needs_review,
             )
             .outerjoin(
                 Prediction,
@@ -125,8 +134,9 @@ def load(batch_id: int) -> BatchData:
                 None if conf is None else float(conf),
                 None if true is None else int(true),
                 why,
+                bool(flagged),
             )
-            for i, pos, ref, status, label, conf, true, why in rows
+            for i, pos, ref, status, label, conf, true, why, flagged in rows
         ],
     )
 
@@ -191,6 +201,34 @@ def file_pixels(item_ids: list[int]) -> dict[int, NDArray[np.float32]]:
     return out
 
 
+def original_pixels(kind: str, item_ids: list[int]) -> dict[int, NDArray[np.float32]]:
+    """What the item looked like before preprocessing, to show beside what the model saw.
+    CSV: the row drawn (a Kaggle row is already 28×28, its own original). Images: the file
+    itself, decoded with the same limits as the worker, grayscale, at most ``ORIGINAL_SIDE``
+    pixels on a side; a file gone or refused since is left out (the tile says so)."""
+    if kind == "csv":
+        return staged_pixels(item_ids)
+    from PIL import Image
+
+    settings = get_settings()
+    with session() as sess:
+        paths = dict(sess.execute(select(Item.id, Item.path).where(Item.id.in_(item_ids))).all())
+    out: dict[int, NDArray[np.float32]] = {}
+    for item_id, raw in paths.items():
+        if not raw:
+            continue
+        try:
+            gray = decode_image(
+                read_regular(Path(raw), settings.max_file_bytes), settings.max_image_pixels
+            )
+        except (OSError, Rejected):
+            continue
+        img = Image.fromarray(np.uint8(np.clip(gray, 0.0, 1.0) * 255))
+        img.thumbnail((ORIGINAL_SIDE, ORIGINAL_SIDE))
+        out[item_id] = np.asarray(img, np.float32) / 255.0
+    return out
+
+
 # ---------------------------------------------------------------- pure shaping
 def label_counts(labels: Sequence[int]) -> list[int]:
     """How many items got each digit 0–9."""
@@ -224,6 +262,15 @@ def least_confident(rows: Sequence[Row], n: int = GRID_ITEMS) -> list[Row]:
     return sorted(scored, key=lambda r: (r.confidence, r.position))[:n]
 
 
+def grid_rows(
+    rows: Sequence[Row], n: int = GRID_ITEMS, include_unflagged: bool = False
+) -> list[Row]:
+    """The grid's items: those flagged for review, least confident first, at most ``n``;
+    with ``include_unflagged`` the ``n`` least-confident items, flagged or not."""
+    chosen = rows if include_unflagged else [r for r in rows if r.needs_review]
+    return least_confident(chosen, n)
+
+
 def summary(data: BatchData) -> dict[str, Any]:
     pairs = labelled_pairs(data.rows)
     return {
@@ -238,6 +285,7 @@ def summary(data: BatchData) -> dict[str, Any]:
         "errors": data.count("error"),
         "duplicates": data.count("duplicate"),
         "pending": data.count("pending"),
+        "flagged": sum(1 for r in data.rows if r.needs_review),
         "labelled": len(pairs),
         "accuracy": accuracy(pairs),
     }
@@ -268,12 +316,19 @@ def render_html(
         ("errors", info["errors"]),
         ("duplicates", info["duplicates"]),
         ("pending", info["pending"]),
+        ("flagged for review", info["flagged"]),
         ("accuracy", acc),
     ]
+    shown_flagged = sum(1 for r in least if r.needs_review)
+    grid_title = (
+        f"The {len(least)} items flagged for review, least confident first"
+        if shown_flagged == len(least)
+        else f"The {len(least)} least-confident items ({shown_flagged} flagged for review)"
+    )
     titles = {
         "labels": "Predicted labels",
         "confidence": "Calibrated confidence",
-        "least_confident": f"The {len(least)} least-confident items",
+        "least_confident": grid_title,
         "confusion": "Confusion matrix (rows: true, columns: predicted)",
     }
     parts = [
@@ -299,17 +354,22 @@ def render_html(
         ]
     if least:
         parts += [
-            "<h2>Least-confident items</h2>",
+            f"<h2>{e(grid_title)}</h2>",
             "<table><tr><th>ImageId</th><th>source</th><th>label</th>"
-            "<th>confidence</th><th>true label</th></tr>",
+            "<th>confidence</th><th>flagged</th><th>true label</th></tr>",
             *(
                 f"<tr>{cell(r.position)}{cell(r.source_ref)}{cell(r.label)}"
                 f"{cell(f'{r.confidence:.4f}' if r.confidence is not None else None)}"
-                f"{cell(r.true_label)}</tr>"
+                f"{cell('yes' if r.needs_review else 'no')}{cell(r.true_label)}</tr>"
                 for r in least
             ),
             "</table>",
         ]
+    elif info["predicted"]:
+        parts.append(
+            "<p>No item is flagged for review. <code>digits report --include-unflagged</code> "
+            "shows the least-confident items.</p>"
+        )
     if errors:
         more = len(errors) - ERRORS_LISTED
         parts += [
@@ -381,33 +441,53 @@ def plot_confidence(confidences: Sequence[float], threshold: float, path: Path) 
     return _save(fig, path)
 
 
+def _tile(ax: Any, image: NDArray[np.float32] | None) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if image is None:
+        ax.text(0.5, 0.5, "no image", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
+
+
 def plot_least_confident(
-    rows: Sequence[Row], pixels: dict[int, NDArray[np.float32]], path: Path
+    rows: Sequence[Row],
+    pixels: dict[int, NDArray[np.float32]],
+    path: Path,
+    originals: dict[int, NDArray[np.float32]] | None = None,
+    title: str = "Least-confident items",
 ) -> Path:
+    """A grid of tiles: each names the item (ImageId, file) with its label and confidence,
+    and shows the original scan beside the 28×28 the model saw (``originals``: image batches;
+    a CSV row is its own original, one picture)."""
     cols = 4
-    grid_rows = max(1, -(-len(rows) // cols))
-    fig = _figure(cols * 2.0, grid_rows * 2.3)
-    for k in range(grid_rows * cols):
-        ax = fig.add_subplot(grid_rows, cols, k + 1)
-        ax.set_xticks([])
-        ax.set_yticks([])
+    panels = 2 if originals is not None else 1
+    n_rows = max(1, -(-len(rows) // cols))
+    fig = _figure(cols * panels * 1.7, n_rows * 2.5)
+    for k in range(n_rows * cols):
+        axes = [fig.add_subplot(n_rows, cols * panels, k * panels + j + 1) for j in range(panels)]
         if k >= len(rows):
-            ax.axis("off")
+            for ax in axes:
+                ax.axis("off")
             continue
         r = rows[k]
-        image = pixels.get(r.item_id)
-        if image is None:
-            ax.text(0.5, 0.5, "no image", ha="center", va="center", transform=ax.transAxes)
-        else:
-            ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
+        if originals is not None:
+            _tile(axes[0], originals.get(r.item_id))
+            axes[0].set_xlabel("scan", fontsize=7)
+            axes[1].set_xlabel("model input", fontsize=7)
+        _tile(axes[-1], pixels.get(r.item_id))
         truth = f" (true {r.true_label})" if r.true_label is not None else ""
         wrong = r.true_label is not None and r.true_label != r.label
-        ax.set_title(
-            f"#{r.position}: {r.label} @ {r.confidence:.2f}{truth}",
+        name = Path(r.source_ref).name
+        name = name if len(name) <= 18 * panels else name[: 18 * panels - 1] + "…"
+        axes[0].set_title(
+            f"#{r.position} {name}\n{r.label} @ {r.confidence:.2f}{truth}"
+            + (" flagged" if r.needs_review else ""),
             fontsize=8,
             color="#c44e52" if wrong else "black",
+            loc="left",
         )
-    fig.suptitle("Least-confident items: ImageId: predicted @ confidence")
+    fig.suptitle(f"{title}: ImageId file, predicted @ confidence")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -439,16 +519,21 @@ def plot_confusion(matrix: Sequence[Sequence[int]], path: Path) -> Path:
 
 
 # ---------------------------------------------------------------- the report
-def build_report(batch_id: int, out_dir: Path, grid: int = GRID_ITEMS) -> Report:
-    """Write the PNGs and ``index.html`` for ``batch_id`` into ``out_dir``."""
+def build_report(
+    batch_id: int, out_dir: Path, grid: int = GRID_ITEMS, include_unflagged: bool = False
+) -> Report:
+    """Write the PNGs and ``index.html`` for ``batch_id`` into ``out_dir``. The grid shows
+    the items flagged for review (at most ``grid``); ``include_unflagged``: the ``grid``
+    least-confident items, flagged or not."""
     data = load(batch_id)
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     info = summary(data)
     predicted = data.predicted
-    least = least_confident(predicted, grid)
+    least = grid_rows(predicted, grid, include_unflagged)
     ids = [r.item_id for r in least]
     pixels = staged_pixels(ids) if data.kind == "csv" else file_pixels(ids)
+    originals = None if data.kind == "csv" else original_pixels(data.kind, ids)
     images = {
         "labels": plot_labels(
             label_counts([r.label for r in predicted if r.label is not None]),
@@ -460,9 +545,14 @@ def build_report(batch_id: int, out_dir: Path, grid: int = GRID_ITEMS) -> Report
             out_dir / "confidence.png",
         ),
     }
+    (out_dir / "least_confident.png").unlink(missing_ok=True)  # never a stale grid
     if least:
         images["least_confident"] = plot_least_confident(
-            least, pixels, out_dir / "least_confident.png"
+            least,
+            pixels,
+            out_dir / "least_confident.png",
+            originals,
+            "Least-confident items" if include_unflagged else "Flagged for review",
         )
     pairs = labelled_pairs(data.rows)
     if pairs:
@@ -472,4 +562,4 @@ def build_report(batch_id: int, out_dir: Path, grid: int = GRID_ITEMS) -> Report
 
     index = out_dir / "index.html"
     atomic_write(index, [page])
-    return Report(batch_id, out_dir, index, images, info["accuracy"])
+    return Report(batch_id, out_dir, index, images, info["accuracy"], info["flagged"], len(least))

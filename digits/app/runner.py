@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from digits.app.supervision import start_workers, stop_workers
+from digits.app.supervision import plural, start_workers, stop_workers
 from digits.core.queries import BatchProgress, batch_progress, connected_workers
 from digits.core.settings import get_settings
-from scheduler.batches import SourceError, enqueue_path
+from scheduler.batches import SourceError, enqueue_planned
 from scheduler.export import ExportError, export_batch
+from scheduler.inputs import Planned
 from worker.heartbeat import sweeper_beat
 from worker.sweeper import sweep
 
@@ -27,6 +28,8 @@ class RunSummary:
     seconds: float
     problems: list[str] = field(default_factory=list)
     submissions: list[str] = field(default_factory=list)
+    #: inputs refused before any batch (scheduler/inputs.py): said when the run started
+    refused: list[str] = field(default_factory=list)
 
     @property
     def items(self) -> int:
@@ -41,8 +44,31 @@ class RunSummary:
         return sum(b.errors for b in self.batches)
 
     @property
+    def flagged(self) -> int:
+        return sum(b.flagged for b in self.batches)
+
+    @property
+    def scoring_seconds(self) -> float | None:
+        """From the first claim of any of the batches' chunks to the last write, from the
+        database: the rate then says how fast workers score, not how long they took to start."""
+        firsts = [b.first_claim for b in self.batches if b.first_claim]
+        lasts = [b.last_write for b in self.batches if b.last_write]
+        if not firsts or not lasts:
+            return None
+        return max(0.0, (max(lasts) - min(firsts)).total_seconds())
+
+    @property
+    def items_per_second(self) -> float | None:
+        scoring = self.scoring_seconds
+        return self.items / scoring if scoring else None
+
+    @property
     def ok(self) -> bool:
-        return not self.problems and all(b.status == "done" and b.errors == 0 for b in self.batches)
+        return (
+            not self.problems
+            and not self.refused
+            and all(b.status == "done" and b.errors == 0 for b in self.batches)
+        )
 
     def as_json(self) -> dict[str, Any]:
         labelled = sum(b.labelled for b in self.batches)
@@ -51,21 +77,30 @@ class RunSummary:
             "items": self.items,
             "predicted": self.predicted,
             "errors": self.errors,
+            "flagged": self.flagged,
             "duplicates": sum(b.duplicates for b in self.batches),
             "seconds": round(self.seconds, 3),
+            "scoring_seconds": None
+            if self.scoring_seconds is None
+            else round(self.scoring_seconds, 3),
+            "items_per_second": None
+            if self.items_per_second is None
+            else round(self.items_per_second, 1),
             "accuracy": round(sum(b.correct for b in self.batches) / labelled, 5)
             if labelled
             else None,
             "failed_batches": [b.batch_id for b in self.batches if b.status == "failed"],
             "problems": self.problems,
+            "refused": self.refused,
             "submissions": self.submissions,
         }
 
     def print(self, console: Any) -> None:
         for b in self.batches:
             line = (
-                f"batch {b.batch_id} ({b.status}) {Path(b.source).name}: {b.items} items, "
-                f"{b.predicted} predicted, {b.errors} errors"
+                f"batch {b.batch_id} ({b.status}) {Path(b.source).name}: "
+                f"{plural(b.items, 'item')}, {b.predicted} predicted, "
+                f"{plural(b.errors, 'error')}, {b.flagged} flagged for review"
             )
             if b.duplicates:
                 line += f", {b.duplicates} duplicates"
@@ -78,8 +113,14 @@ class RunSummary:
             console.print(f"[red]{problem}[/red]")
         for path in self.submissions:
             console.print(f"submission written: {path}")
-        rate = self.items / self.seconds if self.seconds else 0
-        console.print(f"{self.items} items in {self.seconds:.1f} s ({rate:.0f} items/s)")
+        totals = (
+            f"{plural(self.items, 'item')}, {plural(self.errors, 'error')}, "
+            f"{self.flagged} flagged for review; "
+        )
+        scoring, rate = self.scoring_seconds, self.items_per_second
+        if scoring is not None and rate is not None:
+            totals += f"scored in {scoring:.1f} s ({rate:,.{0 if rate >= 10 else 1}f} items/s), "
+        console.print(totals + f"{self.seconds:.1f} s in all")
 
 
 def wait_for(
@@ -119,15 +160,15 @@ def wait_for(
         time.sleep(0.2)
 
 
-def enqueue_progress(bar: Any, task: Any, path: Path) -> Any:
+def enqueue_progress(bar: Any, task: Any, name: str) -> Any:
     def update(items: int) -> None:
-        bar.update(task, description=f"enqueueing {path.name}: {items} items")
+        bar.update(task, description=f"enqueueing {name}: {items} items")
 
     return update
 
 
 def run_paths(
-    paths: list[Path],
+    planned: list[Planned],
     workers: int | None = None,
     timeout: float = 3600.0,
     model: int | None = None,
@@ -135,16 +176,15 @@ def run_paths(
     show_progress: bool = True,
     console: Any = None,
     created: list[int] | None = None,
+    refused: list[str] | None = None,
 ) -> RunSummary:
-    """Enqueue ``paths``, make sure workers run, wait for exactly these batches, export.
+    """Make the ``planned`` batches (scheduler/inputs.py ``plan_inputs``, which also gave the
+    ``refused`` inputs' lines), make sure workers run, wait for exactly these batches, export.
     ``created`` (the caller's list) receives each batch id as soon as it exists, so a caller
     interrupted half-way can say what it leaves behind."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     settings = get_settings()
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        raise ValueError(f"no such file or folder: {', '.join(missing)}")
     started = time.monotonic()
     proc = None
     log_dir = settings.home / "logs"
@@ -171,9 +211,11 @@ def run_paths(
     try:
         with bar:
             task = bar.add_task("enqueueing", total=None)
-            for path in paths:
+            for batch in planned:
                 try:
-                    done = enqueue_path(path, model, progress=enqueue_progress(bar, task, path))
+                    done = enqueue_planned(
+                        batch, model, progress=enqueue_progress(bar, task, batch.name)
+                    )
                 except SourceError as exc:
                     problems.append(str(exc))
                     continue
@@ -188,7 +230,7 @@ def run_paths(
     finally:
         if proc is not None:
             stop_workers(proc)
-    summary = RunSummary(state, time.monotonic() - started, problems)
+    summary = RunSummary(state, time.monotonic() - started, problems, refused=refused or [])
     if out is not None:
         for b in state:
             if b.status != "done":
@@ -199,8 +241,9 @@ def run_paths(
                 else out.with_name(f"{out.stem}-batch{b.batch_id}{out.suffix}")
             )
             try:
+                # `digits run --out FILE` asks for this run's result in FILE, whatever it held
                 path, _, _ = export_batch(
-                    b.batch_id, target, manifest=b.kind == "images", partial=True
+                    b.batch_id, target, manifest=b.kind == "images", partial=True, force=True
                 )
                 summary.submissions.append(str(path))
             except ExportError as exc:

@@ -7,28 +7,82 @@ Nothing imports this package: it is the top layer."""
 from __future__ import annotations
 
 import importlib
+from typing import Annotated
 
 import typer
+from typer.main import get_command_name
+from typer.models import CommandInfo, TyperInfo
 
 from digits.cli.common import app
 
 __all__ = ["app", "main"]
 
-#: The command modules, in the order `digits --help` lists their commands; importing one
-#: registers its commands on ``app``.
-GROUPS = ("database", "models", "scoring", "outputs", "benchmark")
+#: The command modules; importing one registers its commands on ``app`` (``PANELS`` below
+#: decides the order `digits --help` lists them in).
+GROUPS = ("database", "models", "scoring", "outputs", "benchmark", "web", "reviews")
 for _group in GROUPS:
     importlib.import_module(f"digits.cli.{_group}")
 
+#: `digits --help` in panels, the everyday commands first (a new user looks for these four);
+#: within a panel, this order. A command missing here lands in a last panel, "More"
+#: (tests/digits/cli/test_everyday.py checks the order).
+PANELS = {
+    "Everyday": ("run", "status", "results", "export", "report"),
+    "Service": ("up", "web", "enqueue", "worker", "scheduler", "resume", "cancel"),
+    "Models": ("train", "models", "rescore", "reviews"),
+    "Maintenance": ("db", "bench"),
+}
+_RANK = {name: i for i, name in enumerate(n for names in PANELS.values() for n in names)}
+_PANEL = {name: panel for panel, names in PANELS.items() for name in names}
+
+
+def _name(info: CommandInfo | TyperInfo) -> str:
+    if isinstance(info, TyperInfo) or info.name:
+        return str(info.name)
+    return get_command_name(getattr(info.callback, "__name__", ""))
+
+
+_infos: list[CommandInfo | TyperInfo] = [*app.registered_commands, *app.registered_groups]
+for _info in _infos:
+    _info.rich_help_panel = _PANEL.get(_name(_info), "More")  # never above "Everyday"
+app.registered_commands.sort(key=lambda info: _RANK.get(_name(info), len(_RANK)))
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"digits {version('digits')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the installed version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """digits: batch scoring of handwritten digits (CSV and scans in, SQL and Kaggle out)."""
+
 
 def main() -> None:
-    """Entry point: settings are checked first, so a bad DIGITS_* value is one clear line."""
+    """Entry point: settings are checked first, so a bad DIGITS_* value or digits.toml key
+    is one clear line."""
     from pydantic import ValidationError
 
-    from digits.core.settings import get_settings
+    from digits.core.settings import ConfigFileError, get_settings
 
     try:
         get_settings()
+    except ConfigFileError as exc:  # a digits.toml: the message names the file and the key
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise SystemExit(2) from None
     except ValidationError as exc:
         problems = "; ".join(
             f"DIGITS_{'_'.join(str(p) for p in e['loc']).upper() or 'SETTINGS'}: {e['msg']}"

@@ -12,7 +12,7 @@ import typer
 app = typer.Typer(
     help="digits: batch scoring of handwritten digits (CSV and scans in, SQL and Kaggle out).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (docs/cli.md)
     pretty_exceptions_enable=False,
 )
 
@@ -60,6 +60,17 @@ def db_problem(exc: Exception) -> str:
             "run `digits db upgrade` first"
         )
     return f"cannot read the database: {name}: {first}"
+
+
+def require_data() -> None:
+    """What a command that only reads calls first: with no database yet it says where it
+    looked and exits 1, instead of creating an empty one (and a `var/` folder) wherever it
+    was run and failing on a missing table."""
+    from digits.core.db import no_data_here
+
+    problem = no_data_here()
+    if problem:
+        raise fail(problem)
 
 
 def console() -> Any:

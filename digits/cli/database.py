@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from digits.cli.common import db_app, fail
+from digits.cli.common import db_app, fail, require_data
 
 
 @db_app.command("upgrade")
@@ -22,6 +22,7 @@ def db_check() -> None:
     """Exit non-zero when the database, the migrations and the models disagree."""
     from digits.core.db import check
 
+    require_data()
     problem = check()
     if problem:
         raise fail(f"schema drift: {problem}")

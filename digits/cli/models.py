@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from digits.cli.common import JsonOpt, QuietOpt, app, console, fail, models_app
+from digits.cli.common import JsonOpt, QuietOpt, app, console, fail, models_app, require_data
 
 
 def _labelled_data(data: Path | None) -> Path:
@@ -191,7 +191,7 @@ def train(
 @models_app.command("list")
 def models_list(as_json: JsonOpt = False) -> None:
     """List registered model versions (bundled and trained) with the aliases naming them."""
-    from model_store.aliases import all_aliases, resolve_active
+    from model_store.aliases import active_model, all_aliases
     from model_store.registry import ModelError, list_versions, shadowed_versions
 
     for path in shadowed_versions():
@@ -202,7 +202,8 @@ def models_list(as_json: JsonOpt = False) -> None:
             err=True,
         )
     try:
-        active: int | None = resolve_active().version
+        serving = active_model()
+        active: int | None = serving.version.version
     except ModelError as exc:  # the list is how a user finds a version to promote instead
         typer.secho(f"warning: {exc}", fg="yellow", err=True)
         active = None
@@ -222,14 +223,17 @@ def models_list(as_json: JsonOpt = False) -> None:
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
+    typer.echo(f"  {'version':<7} {'aliases':<24} {'architecture':<22} {'val. acc.':<10} location")
     for r in rows:
         mark = "*" if r["active"] else " "
         acc = f"{r['val_accuracy']:.4%}" if r["val_accuracy"] is not None else "?"
-        names = f"[{', '.join(r['aliases'])}]" if r["aliases"] else ""
+        names = ", ".join(r["aliases"]) or "-"
         typer.echo(
-            f"{mark} v{r['version']:<3} {names:<24} {r['architecture'] or '?':<5} "
-            f"val {acc}  {'bundled' if r['bundled'] else r['path']}"
+            f"{mark} {'v' + str(r['version']):<7} {names:<24} {r['architecture'] or '?':<22} "
+            f"{acc:<10} {'bundled' if r['bundled'] else r['path']}"
         )
+    if active is not None:  # the legend: which version new batches use, and why
+        typer.echo(f"* in production: v{active}, {serving.why} (new batches are pinned to it)")
 
 
 def _percent(value: Any) -> str:
@@ -242,7 +246,7 @@ def models_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a version's card: integrity, validation and per-class accuracy, calibration."""
-    from model_store.aliases import all_aliases
+    from model_store.aliases import active_model, all_aliases
     from model_store.registry import ModelError, get_version, verify
 
     try:
@@ -263,11 +267,21 @@ def models_show(
     train = card.get("training", {})
     data = card.get("training_data", {})
     names = ", ".join(all_aliases().get(version, [])) or "-"
+    try:
+        serving = active_model()
+        production = (
+            f"yes: new batches use v{version}, {serving.why}"
+            if serving.version.version == version
+            else f"no: new batches use v{serving.version.version} ({serving.why})"
+        )
+    except ModelError as exc:
+        production = f"? ({exc})"
     lines = [
         f"model v{version}",
         f"  architecture      {card.get('architecture', '?')}"
         + (f" ({card['parameters']:,} parameters)" if "parameters" in card else ""),
         f"  aliases           {names}",
+        f"  production        {production}",
         f"  location          {'bundled ' if meta.bundled else ''}{meta.path}",
         f"  sha256            {card.get('sha256', '?')}",
         f"  integrity         {integrity}",
@@ -483,15 +497,26 @@ def models_history(
     as_json: JsonOpt = False,
 ) -> None:
     """Every move of an alias, newest first: from → to, when, and why."""
-    from model_store.aliases import history
+    from model_store.aliases import PRODUCTION, active_model, history
+    from model_store.registry import ModelError
 
+    require_data()
     moves = history(alias, limit)
     if as_json:
         typer.echo(json.dumps([m.as_dict() for m in moves], indent=2))
         return
+    serving = None
+    if alias == PRODUCTION:
+        try:
+            serving = active_model()
+        except ModelError as exc:
+            typer.secho(f"warning: {exc}", fg="yellow", err=True)
     if not moves:
-        typer.echo(f"{alias} has never been set")
+        uses = f": new batches use v{serving.version.version}, {serving.what}" if serving else ""
+        typer.echo(f"{alias} has never been set{uses}")
         return
+    if serving is not None:
+        typer.echo(f"new batches use v{serving.version.version} ({serving.why})")
     for m in moves:
         when = m.created_at.strftime("%Y-%m-%d %H:%M:%S") if m.created_at else "?"
         start = f"v{m.from_version}" if m.from_version is not None else "-"

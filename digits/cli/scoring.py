@@ -11,27 +11,38 @@ from typing import Annotated, Any
 
 import typer
 
-from digits.cli.common import LOG_FORMAT, JsonOpt, QuietOpt, app, console, db_problem, fail
+from digits.cli.common import (
+    LOG_FORMAT,
+    JsonOpt,
+    QuietOpt,
+    app,
+    console,
+    db_problem,
+    fail,
+    require_data,
+)
 
 
 @app.command()
 def enqueue(
-    paths: Annotated[list[Path], typer.Argument(help="CSV files or folders of images.")],
+    paths: Annotated[list[Path], typer.Argument(help="CSV files, folders of images, image files.")],
     model: Annotated[int | None, typer.Option(help="Pin this model version.")] = None,
 ) -> None:
-    """Turn inputs into batches and queue them for the workers; prints one batch id per input."""
+    """Turn inputs into batches and queue them for the workers; prints one batch id per batch
+    (all image files given are one batch; each CSV and each folder is one)."""
+    planned, refused = checked_inputs(paths)
     from sqlalchemy.exc import DBAPIError
 
     from digits.core.db import upgrade
-    from scheduler.batches import SourceError, enqueue_path
+    from scheduler.batches import SourceError, enqueue_planned
 
     upgrade()
-    failed = False
+    failed = bool(refused)
     batch_ids: list[int] = []
     with interruptible(batch_ids):
-        for path in paths:
+        for batch in planned:
             try:
-                done = enqueue_path(path, model)
+                done = enqueue_planned(batch, model)
             except SourceError as exc:
                 typer.secho(f"error: {exc}", fg="red", err=True)
                 failed = True
@@ -46,6 +57,19 @@ def enqueue(
                 failed = True
     if failed:
         raise typer.Exit(1)
+
+
+def checked_inputs(paths: list[Path]) -> tuple[list[Any], list[str]]:
+    """The batches to make and the refused inputs' lines, each refusal said on stderr before
+    anything exists (no database, no worker); exit 2 when no input is left to run."""
+    from scheduler.inputs import plan_inputs
+
+    planned, refused = plan_inputs(paths)
+    for line in refused:
+        typer.secho(f"error: {line}", fg="red", err=True)
+    if not planned:
+        raise typer.Exit(2)
+    return planned, refused
 
 
 @app.command()
@@ -111,6 +135,7 @@ def scheduler(
     from scheduler.service import install_stop_handlers, run_scheduler
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    quiet_libraries()
     upgrade()
     stop = threading.Event()
     install_stop_handlers(stop)
@@ -120,27 +145,60 @@ def scheduler(
 @app.command()
 def up(
     workers: Annotated[int | None, typer.Option(help="Local worker processes.")] = None,
+    web: Annotated[
+        bool, typer.Option("--web", help="Also serve the web console (`digits web`).")
+    ] = False,
+    web_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Port of the web console [default: DIGITS_WEB_PORT, 8000]", min=1, max=65535
+        ),
+    ] = None,
 ) -> None:
-    """Service mode on this machine: scheduler + beat + N workers; Ctrl-C stops cleanly."""
+    """Service mode on this machine: scheduler + beat + N workers (and the web console with
+    --web); Ctrl-C stops cleanly."""
     import logging
 
     from digits.app.supervision import up as run_up
     from digits.core.db import upgrade
     from digits.core.settings import get_settings
 
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    upgrade()
     settings = get_settings()
+    if web:
+        from digits.web.security import bind_problem
+
+        problem = bind_problem(settings.web_host, settings.web_token)
+        if problem:
+            raise fail(problem, 2)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    quiet_libraries()
+    upgrade()
     typer.echo(
         f"digits up: inbox {settings.inbox_dir}, exports {settings.exports_dir}, "
-        f"{workers or settings.workers} workers; Ctrl-C to stop"
+        f"{workers or settings.workers} workers; logs in {settings.home / 'logs'} "
+        "(worker.log: every chunk and item error); Ctrl-C to stop"
     )
-    run_up(workers)
+    if web:
+        typer.echo(
+            f"web console on http://{settings.web_host}:{web_port or settings.web_port}/ "
+            "(log: web.log)"
+        )
+    run_up(workers, announce=lambda line: typer.echo(line), web=web, web_port=web_port)
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter off a service's console: Alembic says INFO for every plugin and
+    migration step it sets up (nine lines before the banner); our own INFO lines stay. (kombu's
+    hostname warning had a cause, fixed in worker/fs_broker.py; its other warnings, such as a
+    lost broker connection, are worth seeing.)"""
+    import logging
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @app.command()
 def run(
-    paths: Annotated[list[Path], typer.Argument(help="CSV files or folders of images.")],
+    paths: Annotated[list[Path], typer.Argument(help="CSV files, folders of images, image files.")],
     out: Annotated[Path | None, typer.Option(help="Also write the Kaggle submission here.")] = None,
     workers: Annotated[int | None, typer.Option(help="Local worker processes to start.")] = None,
     timeout: Annotated[
@@ -150,7 +208,9 @@ def run(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Score inputs now: enqueue, start local workers if none is connected, wait, summarise."""
+    """Score inputs now: enqueue, start local workers if none is connected, wait, summarise.
+    All image files given are one batch; each CSV and each folder is one."""
+    planned, refused = checked_inputs(paths)
     from sqlalchemy.exc import DBAPIError
 
     from digits.app.runner import run_paths
@@ -161,7 +221,7 @@ def run(
     try:
         with interruptible(created):
             summary = run_paths(
-                paths,
+                planned,
                 workers=workers,
                 timeout=timeout,
                 model=model,
@@ -169,6 +229,7 @@ def run(
                 show_progress=not (quiet or as_json),
                 console=console(),
                 created=created,
+                refused=refused,
             )
     except (ValueError, TimeoutError) as exc:
         raise fail(str(exc)) from exc
@@ -192,6 +253,7 @@ def resume(
     stopped (workers then score it as usual)."""
     from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
+    require_data()  # before importing the broker's module, which creates its folders
     from scheduler.ingestion import IngestionError, resume_batch
 
     try:
@@ -223,6 +285,7 @@ def cancel(
     batch: Annotated[int, typer.Argument(help="The batch to stop.")],
 ) -> None:
     """Stop a batch: its chunks stop, it is marked cancelled, what was scored stays."""
+    require_data()  # before importing the broker's module, which creates its folders
     from scheduler.ingestion import IngestionError, cancel_batch
 
     try:

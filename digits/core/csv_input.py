@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,6 +260,27 @@ def read_blocks(
         if isinstance(exc, FileNotFoundError):
             raise
         raise CsvFileError(f"unreadable compressed file: {exc}") from exc
+
+
+def csv_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a digits CSV at all, from its header and first data line (None:
+    it can). What `digits run`/`enqueue` check before a batch exists; a problem further in
+    (a truncated gzip half-way, bad rows) is still found while the file is ingested."""
+    try:
+        with open_text(path) as fh:
+            parse_header(read_header(fh))
+            for line in bounded_lines(fh):
+                if line is None or line.strip():
+                    return None
+        return "no data rows"
+    except CsvFileError as exc:
+        return str(exc)
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 text at byte {exc.start}"
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        return f"unreadable compressed file: {exc}"
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
 
 
 def read_labelled(path: Path) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:

@@ -40,6 +40,33 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def sqlite_file(url: str | None = None) -> Path | None:
+    """The file of a SQLite URL (None for a server's database or an in-memory one)."""
+    url = url or get_settings().db_url
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[-1]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def no_data_here(url: str | None = None) -> str | None:
+    """Why there is nothing to read, when the SQLite database does not exist (or is an empty
+    file, as a read left it before): what a command that only reads says instead of opening
+    it, since opening SQLite creates the file and its folder. None when there is a database
+    (a server's is assumed to exist: its own error says otherwise)."""
+    path = sqlite_file(url)
+    if path is None:
+        return None
+    if path.is_file() and (path.stat().st_size or _has_wal(path)):
+        return None
+    return f"no digits data here (looked in {path}); run `digits run …` or set DIGITS_HOME"
+
+
+def _has_wal(path: Path) -> bool:
+    wal = path.with_name(path.name + "-wal")
+    return wal.is_file() and wal.stat().st_size > 0
+
+
 def get_engine(url: str | None = None) -> Engine:
     """One engine per URL per process (a forked worker child never reuses its parent's pool)."""
     url = url or get_settings().db_url

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import Select, case, func, select
+from sqlalchemy.orm import aliased
 
 from digits.core.db import aware, session
 from digits.core.processes import owner_alive
+from digits.core.reviews import current_ids
 from digits.core.schema import (
     Batch,
     Chunk,
@@ -17,6 +20,7 @@ from digits.core.schema import (
     Item,
     ItemError,
     Prediction,
+    Review,
     WorkerHeartbeat,
     utcnow,
 )
@@ -45,6 +49,21 @@ class BatchProgress:
     # for a batch still ``enqueueing``: "ingesting" while its ingester runs, "interrupted"
     # once it is gone (resume or cancel it); None otherwise
     ingest: str | None = None
+    flagged: int = 0  # predictions by the pinned version with needs_review
+    # its chunks' first claim and last write: the scoring time, without the wait for workers
+    first_claim: datetime | None = None
+    last_write: datetime | None = None
+
+    @property
+    def scoring_seconds(self) -> float | None:
+        """First claim to last write (None before a chunk was written)."""
+        if self.first_claim is None or self.last_write is None:
+            return None
+        return max(0.0, (self.last_write - self.first_claim).total_seconds())
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
 
     @property
     def finished(self) -> bool:
@@ -65,7 +84,14 @@ class BatchProgress:
         return f"{done / self.items:.0%}" if self.items else "-"
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "progress": self.progress}
+        return {
+            **asdict(self),
+            "first_claim": self.first_claim.isoformat() if self.first_claim else None,
+            "last_write": self.last_write.isoformat() if self.last_write else None,
+            "scoring_seconds": self.scoring_seconds,
+            "accuracy": self.accuracy,
+            "progress": self.progress,
+        }
 
 
 def batch_progress(
@@ -110,6 +136,27 @@ def batch_progress(
             .group_by(Item.batch_id)
         ).all():
             accuracy[batch_id] = (int(labelled), int(correct or 0))
+        flagged: dict[int, int] = dict(
+            sess.execute(
+                select(Item.batch_id, func.count())
+                .join(Prediction, Prediction.item_id == Item.id)
+                .join(Batch, Batch.id == Item.batch_id)
+                .where(
+                    Item.batch_id.in_(ids),
+                    Prediction.needs_review,
+                    Prediction.model_version == Batch.model_version,
+                )
+                .group_by(Item.batch_id)
+            ).all()
+        )
+        scoring = {
+            batch_id: (first, last)
+            for batch_id, first, last in sess.execute(
+                select(Chunk.batch_id, func.min(Chunk.claimed_at), func.max(Chunk.finished_at))
+                .where(Chunk.batch_id.in_(ids))
+                .group_by(Chunk.batch_id)
+            ).all()
+        }
     out = []
     lease = get_settings().lease_seconds
     for b in batches:
@@ -119,6 +166,7 @@ def batch_progress(
             alive = owner_alive(b.ingest_owner, b.ingest_seen_at, lease)
             ingest = "ingesting" if alive else "interrupted"
         labelled, correct = accuracy.get(b.id, (0, 0))
+        first, last = scoring.get(b.id, (None, None))
         out.append(
             BatchProgress(
                 batch_id=b.id,
@@ -137,9 +185,22 @@ def batch_progress(
                 error=b.error,
                 seconds=round((end - aware(b.created_at)).total_seconds(), 3),
                 ingest=ingest,
+                flagged=flagged.get(b.id, 0),
+                first_claim=aware(first) if first else None,
+                last_write=aware(last) if last else None,
             )
         )
     return out
+
+
+def finished_since(after: datetime) -> list[int]:
+    """Batches that finished (done, failed or cancelled) at or after ``after``, by id."""
+    with session() as sess:
+        return list(
+            sess.scalars(
+                select(Batch.id).where(Batch.finished_at >= after).order_by(Batch.id)
+            ).all()
+        )
 
 
 def connected_workers() -> list[dict[str, Any]]:
@@ -170,9 +231,13 @@ def queue_depth() -> dict[str, int]:
     return {state: int(n) for state, n in rows}
 
 
-def last_exports(limit: int = 5) -> list[dict[str, Any]]:
+def last_exports(limit: int = 5, batch_id: int | None = None) -> list[dict[str, Any]]:
+    """The newest exports (of one batch only, with ``batch_id``)."""
+    query = select(Export).order_by(Export.id.desc()).limit(limit)
+    if batch_id is not None:
+        query = query.where(Export.batch_id == batch_id)
     with session() as sess:
-        rows = sess.scalars(select(Export).order_by(Export.id.desc()).limit(limit)).all()
+        rows = sess.scalars(query).all()
         return [
             {
                 "batch_id": r.batch_id,
@@ -198,18 +263,21 @@ RESULT_COLUMNS = [
     "model_version",
     "true_label",
     "error",
+    "reviewed_label",  # a person's current decision (digits.core.reviews), if any
+    "final_label",  # what the exports write: the reviewed label, else the predicted one
 ]
 
 
-def results(
+def results_query(
     batch_id: int | None = None,
     below: float | None = None,
-    limit: int | None = None,
     source_like: str | None = None,
     model_version: int | None = None,
-) -> list[dict[str, Any]]:
-    """One row per item with its prediction by the batch's pinned version (or ``model_version``)."""
+) -> Select[*tuple[Any, ...]]:
+    """The SELECT behind :func:`results`, :func:`iter_results` and :func:`count_results`."""
     version = model_version if model_version is not None else Batch.model_version
+    newest = current_ids().subquery()
+    decision = aliased(Review)
     query = (
         select(
             Item.batch_id,
@@ -224,6 +292,8 @@ def results(
             Prediction.model_version,
             Item.true_label,
             ItemError.reason,
+            decision.label,
+            func.coalesce(decision.label, Prediction.label),
         )
         .join(Batch, Batch.id == Item.batch_id)
         # a duplicate shows the prediction of the item it repeats
@@ -233,6 +303,9 @@ def results(
             & (Prediction.model_version == version),
         )
         .outerjoin(ItemError, ItemError.item_id == Item.id)
+        # a duplicate carries the decision on the item it repeats, as it carries its prediction
+        .outerjoin(newest, newest.c.item_id == func.coalesce(Item.duplicate_of, Item.id))
+        .outerjoin(decision, decision.id == newest.c.review_id)
         .order_by(Item.batch_id, Item.position)
     )
     if batch_id is not None:
@@ -242,10 +315,58 @@ def results(
     if source_like:
         # literal text: "%" and "_" are characters here, not LIKE wildcards
         query = query.where(Item.source_ref.contains(source_like, autoescape=True))
+    return query
+
+
+def results(
+    batch_id: int | None = None,
+    below: float | None = None,
+    limit: int | None = None,
+    source_like: str | None = None,
+    model_version: int | None = None,
+) -> list[dict[str, Any]]:
+    """One row per item with its prediction by the batch's pinned version (or ``model_version``).
+    A list: for a few rows; :func:`iter_results` streams any number."""
+    return list(iter_results(batch_id, below, limit, source_like, model_version))
+
+
+#: Rows fetched from the database at a time by :func:`iter_results`.
+RESULT_PAGE = 1000
+
+
+def iter_results(
+    batch_id: int | None = None,
+    below: float | None = None,
+    limit: int | None = None,
+    source_like: str | None = None,
+    model_version: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """:func:`results` one row at a time, read in pages of :data:`RESULT_PAGE` (a server-side
+    cursor on PostgreSQL), so 80,000 rows take no more memory than 1,000: `digits results
+    --all` writes them as they come. The session stays open until the iterator is exhausted
+    or closed."""
+    query = results_query(batch_id, below, source_like, model_version)
     if limit is not None:
         if limit < 1:
             raise ValueError(f"--limit must be at least 1, not {limit}")
         query = query.limit(limit)
     with session() as sess:
-        rows = sess.execute(query).all()
-    return [dict(zip(RESULT_COLUMNS, row, strict=True)) for row in rows]
+        for row in sess.execute(query.execution_options(yield_per=RESULT_PAGE)):
+            yield dict(zip(RESULT_COLUMNS, row, strict=True))
+
+
+def count_results(
+    batch_id: int | None = None,
+    below: float | None = None,
+    source_like: str | None = None,
+    model_version: int | None = None,
+) -> int:
+    """How many rows :func:`results` gives without a limit (for "N more; use --all")."""
+    query = results_query(batch_id, below, source_like, model_version).order_by(None)
+    with session() as sess:
+        return int(sess.scalar(select(func.count()).select_from(query.subquery())) or 0)
+
+
+def batch_exists(batch_id: int) -> bool:
+    with session() as sess:
+        return sess.get(Batch, batch_id) is not None

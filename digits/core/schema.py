@@ -81,6 +81,9 @@ class Chunk(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[datetime | None] = mapped_column(Stamp)
     sent_at: Mapped[datetime | None] = mapped_column(Stamp)
+    # when a worker first claimed it: a batch's scoring time runs from its chunks' first claim
+    # to their last write, without the wait for workers to start (`digits run`'s rate)
+    claimed_at: Mapped[datetime | None] = mapped_column(Stamp)
     error: Mapped[str | None] = mapped_column(Text)
     finished_at: Mapped[datetime | None] = mapped_column(Stamp)
 
@@ -187,4 +190,28 @@ class Export(Base):
     trigger: Mapped[str] = mapped_column(String(16))  # manual | nightly
     rows: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
+    # 1 for a batch's first submission; +1 each time it is written with different labels
+    # (reviews changed after the last export)
+    revision: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    created_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)
+
+
+class Review(Base):
+    """A person's decision on an item, never an edit of the prediction.
+
+    Append-only: the newest row of an item is its current decision; an earlier one stays as the
+    record of who said what and when. ``label`` NULL is an undo (the item is back in the queue).
+    ``kind`` says why the item was in front of the reviewer: ``flagged`` (needs_review),
+    ``audit`` (the random share of confident items behind the accuracy estimate), ``bulk``
+    (accepted with "accept all above"), ``manual`` (any other item, from its page)."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (Index("ix_reviews_item_id", "item_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    label: Mapped[int | None] = mapped_column(SmallInteger)
+    model_label: Mapped[int] = mapped_column(SmallInteger)
+    model_version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    reviewer: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(Stamp, default=utcnow)

@@ -3,16 +3,83 @@
 With no configuration at all everything runs on one machine with no servers: a SQLite file
 and a kombu filesystem broker under ``./var``. Point ``DIGITS_DATABASE_URL`` at PostgreSQL and
 ``DIGITS_BROKER_URL`` at Redis and the very same commands run distributed.
+
+The same settings can live in a ``digits.toml`` (keys are the names without the prefix,
+``home = "/srv/digits"``): one in the current folder, then one in the user's config folder
+(``$XDG_CONFIG_HOME/digits/digits.toml``, default ``~/.config/digits/digits.toml``).
+Environment variables win over both files, the current folder's file over the user's.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import tomllib
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_NAME = "digits.toml"
+
+
+class ConfigFileError(ValueError):
+    """A digits.toml that cannot be used: not TOML, an unknown key, a bad value (the message
+    names the file and the key)."""
+
+
+def config_files() -> list[Path]:
+    """The digits.toml files read, most important first: the current folder's, the user's."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return [Path.cwd() / CONFIG_NAME, Path(base) / "digits" / CONFIG_NAME]
+
+
+class ConfigFile(TomlConfigSettingsSource):
+    """One digits.toml, checked key by key so a mistake names the file and the key (pydantic
+    would name only the setting, and silently ignore an unknown key). A relative path in it is
+    relative to the file's folder, so one in the user's config means one place wherever
+    digits runs; ``~`` is the user's home."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        self.fields = settings_cls.model_fields  # _read_file runs inside the base __init__
+        super().__init__(settings_cls, toml_file=path)
+
+    def _read_file(self, file_path: Path) -> dict[str, Any]:
+        try:
+            data = super()._read_file(file_path)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigFileError(f"{file_path}: not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigFileError(f"{file_path}: cannot read: {exc.strerror or exc}") from None
+        fields = self.fields
+        checked: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in fields:
+                names = list(fields)
+                close = difflib.get_close_matches(key.lower().removeprefix("digits_"), names, 1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigFileError(f"{file_path}: unknown key {key!r}{hint}")
+            field = fields[key]
+            kind: Any = (
+                Annotated[(field.annotation, *field.metadata)]
+                if field.metadata
+                else field.annotation
+            )
+            try:
+                value = TypeAdapter(kind).validate_python(value)
+            except ValidationError as exc:
+                raise ConfigFileError(f"{file_path}: {key}: {exc.errors()[0]['msg']}") from None
+            if isinstance(value, Path):
+                value = file_path.parent / value.expanduser()  # an absolute path stays itself
+            checked[key] = value
+        return checked
 
 
 class Settings(BaseSettings):
@@ -54,6 +121,28 @@ class Settings(BaseSettings):
         None, gt=0, description="Run the export every N seconds instead (tests, demos)."
     )
     metrics_port: int | None = Field(None, description="Serve Prometheus metrics on this port.")
+    audit_share: float = Field(
+        0.02, ge=0, le=1, description="Share of confident items also sent to review, as audit."
+    )
+    web_host: str = Field("127.0.0.1", description="Where `digits web` listens.")
+    web_port: int = Field(8000, ge=1, le=65535, description="Port of `digits web`.")
+    web_token: str | None = Field(
+        None, description="Token for writes (and every page off loopback) in the web console."
+    )
+    max_upload_files: int = Field(1000, ge=1, description="Most files one web upload may carry.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment first, then the current folder's digits.toml, then the user's."""
+        files = [ConfigFile(settings_cls, path) for path in config_files()]
+        return (init_settings, env_settings, *files)
 
     @model_validator(mode="after")
     def _timeouts_nest(self) -> Settings:

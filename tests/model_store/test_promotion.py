@@ -136,7 +136,8 @@ def test_cli_promote_history_rollback_show_and_list(db: Path) -> None:
     assert promoted.exit_code == 0, promoted.output
     assert f"production → v{candidate} (was v{base})" in promoted.stdout
     listed = runner.invoke(app, ["models", "list"])
-    assert f"v{candidate:<3} [production]" in listed.stdout
+    [row] = [line for line in listed.stdout.splitlines() if line.startswith(f"* v{candidate} ")]
+    assert row.split()[2] == "production", listed.stdout
     shown = runner.invoke(app, ["models", "show", str(candidate)])
     assert shown.exit_code == 0 and "integrity         ok" in shown.stdout
     assert "per-class acc." in shown.stdout and "validation        accuracy" in shown.stdout

@@ -301,7 +301,8 @@ def test_bad_inputs_get_a_recorded_reason_and_the_rest_is_scored(
     """The real CLI, `digits run --json -- -weird dir ü/ -rows.csv …` (names with leading
     dashes, spaces, unicode), on one folder of good and hostile images and on CSVs bad by
     row and bad as a whole: every bad file or row gets its reason in the database, every
-    good one its prediction, a CSV that is not a digits CSV fails its batch with a message."""
+    good one its prediction; a CSV that is not a digits CSV is refused before any batch
+    exists, with one line naming it and why (issue 21 item 2; it used to fail its batch)."""
     import json
 
     monkeypatch.setenv("DIGITS_MAX_FILE_BYTES", str(16 * 2**20))
@@ -324,10 +325,13 @@ def test_bad_inputs_get_a_recorded_reason_and_the_rest_is_scored(
     lines += [*good_rows[2:], "12," + ",".join(["0"] * 784)]
     (tmp_path / "-rows.csv").write_text("\n".join(lines) + "\n")
     whole_file = {
-        "wrong-header.csv": (b"a,b,c\n1,2,3\n", "wrong header"),
-        "binary.csv": (b"\x89PNG\r\n\x1a\n\x00\x00binary\xff\xfe", "not a CSV text file"),
-        "empty.csv": (b"", "empty file: no header line"),
-        "corrupt.csv.gz": (b"\x1f\x8b\x08\x00garbage", "unreadable compressed file"),
+        "wrong-header.csv": (b"a,b,c\n1,2,3\n", "not a digits CSV: wrong header"),
+        "binary.csv": (b"\x89PNG\r\n\x1a\n\x00\x00binary\xff\xfe", "a PNG image, but not"),
+        "empty.csv": (b"", "not a digits CSV: empty file: no header line"),
+        "corrupt.csv.gz": (
+            b"\x1f\x8b\x08\x00garbage",
+            "not a digits CSV: unreadable compressed file",
+        ),
     }
     for name, (content, _) in whole_file.items():
         (tmp_path / name).write_bytes(content)
@@ -386,13 +390,13 @@ def test_bad_inputs_get_a_recorded_reason_and_the_rest_is_scored(
         + ["row 5: empty row", "row 16: label out of range 0–9: 12"]
     ), csv_reasons
     for name, (_, message) in whole_file.items():
-        _, status, error = batches[name]
-        assert status == "failed" and message in (error or ""), (name, status, error)
+        assert name not in batches, batches[name]
+        assert f"error: {name}: {message}" in run.stderr, (name, run.stderr[-3000:])
     figures = outcome([images_id, rows_id])
     assert (figures["lost"], figures["duplicates"]) == (0, 0), figures
     assert figures["predicted"] == 5 + 5  # 5 good scans (one twice), 5 good rows
     assert summary["items"] == len(expected) + 5 + 16 and summary["errors"] == figures["errors"]
-    assert sorted(summary["failed_batches"]) == sorted(batches[n][0] for n in whole_file)
+    assert summary["failed_batches"] == [] and len(summary["refused"]) == len(whole_file)
     report(
         f"bad-input-cli[{backend}]",
         bad_files=len(expected),

@@ -4,6 +4,7 @@ batches scored by a real worker; the pure shaping helpers on their own."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -84,6 +85,7 @@ def test_report_renders_valid_pngs_and_html(
             str(done.batch_id),
             "--out",
             str(out),
+            "--include-unflagged",  # a grid even when the model flags nothing
         ],
         capture_output=True,
         text=True,
@@ -172,6 +174,7 @@ def test_html_escapes_user_text() -> None:
         "errors": 1,
         "duplicates": 0,
         "pending": 0,
+        "flagged": 0,
         "labelled": 0,
         "accuracy": None,
     }
@@ -179,3 +182,107 @@ def test_html_escapes_user_text() -> None:
     page = render_html(info, {"labels": "labels.png"}, [], [bad])
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "<img src=x>" not in page and '<img src="labels.png"' in page
+
+
+def flagged_rows(*specs: tuple[float, bool]) -> list[Row]:
+    return [
+        Row(i, i, f"scan{i}.png", "predicted", 1, conf, None, None, needs_review=flag)
+        for i, (conf, flag) in enumerate(specs, start=1)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("include_unflagged", "n", "expected"),
+    [(False, 16, [4, 2]), (False, 1, [4]), (True, 16, [4, 2, 3, 1]), (True, 3, [4, 2, 3])],
+)
+def test_the_grid_shows_flagged_items_unless_asked(
+    include_unflagged: bool, n: int, expected: list[int]
+) -> None:
+    """Issue 21 item 12: no padding with confident items unless --include-unflagged."""
+    from digits.app.report import grid_rows
+
+    data = flagged_rows((0.99, False), (0.6, True), (0.95, False), (0.5, True))
+    assert [r.position for r in grid_rows(data, n, include_unflagged)] == expected
+
+
+def scored_in_process(batch_id: int) -> None:
+    from sqlalchemy import select
+
+    from digits.core.db import session
+    from digits.core.schema import Chunk
+    from worker.chunks import process_chunk
+
+    with session() as sess:
+        ids = sess.scalars(select(Chunk.id).where(Chunk.batch_id == batch_id)).all()
+    assert [process_chunk(c) for c in ids] == ["done"] * len(ids)
+
+
+def flag_only(batch_id: int, positions: set[int]) -> None:
+    """Make exactly these items the flagged ones (the test decides, not the model's mood)."""
+    from sqlalchemy import select, update
+
+    from digits.core.db import session
+    from digits.core.schema import Item, Prediction
+
+    with session(write=True) as sess:
+        ids = dict(
+            sess.execute(select(Item.position, Item.id).where(Item.batch_id == batch_id)).all()
+        )
+        sess.execute(
+            update(Prediction)
+            .where(Prediction.item_id.in_(ids.values()))
+            .values(needs_review=False)
+        )
+        sess.execute(
+            update(Prediction)
+            .where(Prediction.item_id.in_([ids[p] for p in positions]))
+            .values(needs_review=True)
+        )
+
+
+@pytest.mark.parametrize("kind", ["csv", "images"])
+def test_report_shows_flagged_items_with_their_original_and_file_name(
+    kind: str, home: Path, sample_rows: list[str], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from digits.app.report import load, original_pixels
+    from digits.cli import app
+    from digits.core.db import upgrade
+
+    upgrade()
+    if kind == "csv":
+        done = enqueue_csv(write_csv(tmp_path / "labelled.csv", sample_rows[:9]))
+    else:
+        folder = scans(tmp_path / "drop", sample_rows, 8)
+        done = enqueue_files(folder, image_files(folder))
+    scored_in_process(done.batch_id)
+    flag_only(done.batch_id, {2, 5})
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["report", "--batch", str(done.batch_id), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "2 flagged for review" in result.stdout, result.stdout
+    page = (out / "index.html").read_text()
+    assert "flagged for review</th><td>2</td>" in page
+    refs = {r.position: r.source_ref for r in load(done.batch_id).rows}
+    shown = re.findall(r"<tr><td>(\d+)</td><td>([^<]*)</td>", page.split("Item errors")[0])
+    assert sorted(int(p) for p, _ in shown) == [2, 5], shown
+    assert {ref for _, ref in shown} == {refs[2], refs[5]}
+    with Image.open(out / "least_confident.png") as img:
+        assert img.width > img.height  # each tile: original beside what the model saw
+    everything = CliRunner().invoke(
+        app,
+        ["report", "--batch", str(done.batch_id), "--out", str(out), "--include-unflagged"],
+    )
+    assert everything.exit_code == 0, everything.output
+    page = (out / "index.html").read_text()
+    shown = re.findall(r"<tr><td>(\d+)</td><td>([^<]*)</td>", page.split("Item errors")[0])
+    assert len(shown) == 8
+    ids = [r.item_id for r in load(done.batch_id).rows if r.label is not None]
+    originals = original_pixels(kind, ids)
+    assert set(originals) == set(ids)
+    for image in originals.values():
+        if kind == "csv":
+            assert image.shape == (28, 28)  # the row drawn: the row is the original
+        else:
+            assert max(image.shape[:2]) > 28  # the scan itself, not its 28×28

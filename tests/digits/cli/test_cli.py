@@ -105,7 +105,7 @@ def test_fast_commands_do_not_import_tensorflow_or_celery(args: list[str], home:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["run", "does-not-exist.csv"], "no such file or folder: does-not-exist.csv"),
+        (["run", "does-not-exist.csv"], "does-not-exist.csv: no such file or folder"),
         (["export", "--batch", "999"], "batch 999 does not exist"),
         (["train", "--data", "nope.csv"], "nope.csv: no such file"),
         (["results", "--format", "xml"], "--format must be table, csv or json"),
@@ -157,6 +157,13 @@ def test_results_refuses_a_limit_below_one(limit: str, backend: str) -> None:
 
 
 def test_a_missing_schema_suggests_db_upgrade(home: Path) -> None:
+    """A database file without digits' tables (no database at all is "no digits data
+    here", tests/digits/cli/test_read_commands.py)."""
+    import sqlite3
+
+    home.mkdir(parents=True)
+    with sqlite3.connect(home / "digits.db") as conn:
+        conn.execute("CREATE TABLE other (x INTEGER)")
     _, missing = run_cli("results")
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert "no such table" in missing.stderr and "run `digits db upgrade` first" in missing.stderr
