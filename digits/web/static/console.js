@@ -11,6 +11,7 @@ window.digits = {
       headers: { "Content-Type": "application/json", "X-CSRF-Token": window.digits.csrf() },
       body: JSON.stringify(body || {}),
       credentials: "same-origin",
+      keepalive: true, // a write already sent finishes even if the page is left meanwhile
     });
     const data = await response.json().catch(() => ({}));
     if (!response.ok) throw new Error(data.detail || response.statusText);

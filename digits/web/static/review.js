@@ -30,8 +30,22 @@
   const preloaded = new Map();
   let chain = Promise.resolve();
 
+  // Decisions are saved one after another in the background; ``pending`` counts those not
+  // saved yet. Leaving the page while some are pending asks first (a decision must never be
+  // lost to a click on a link), and <body data-pending> tells tests and scripts when all are in.
+  let pending = 0;
+  function setPending(delta) {
+    pending += delta;
+    document.body.dataset.pending = String(pending);
+    const saving = document.getElementById("saving");
+    if (saving) saving.textContent = pending ? "saving " + pending + "…" : "all saved";
+  }
+  window.addEventListener("beforeunload", (event) => {
+    if (pending > 0) { event.preventDefault(); event.returnValue = ""; }
+  });
   function queued(task) {
-    const run = chain.then(task);
+    setPending(1);
+    const run = chain.then(task).finally(() => setPending(-1));
     chain = run.catch(() => {});
     return run;
   }

@@ -7,6 +7,7 @@ import secrets
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from webserver import WebServer, start_web
@@ -17,20 +18,20 @@ TOKEN = secrets.token_urlsafe(16)  # a fresh token per run: no literal secret in
 
 
 @pytest.mark.parametrize(
-    ("host", "token", "refused"),
+    ("host", "with_token", "refused"),
     [
-        ("127.0.0.1", None, False),
-        ("::1", None, False),
-        ("localhost", None, False),
-        ("0.0.0.0", None, True),
-        ("192.168.1.20", None, True),
-        ("0.0.0.0", TOKEN, False),
+        ("127.0.0.1", False, False),
+        ("::1", False, False),
+        ("localhost", False, False),
+        ("0.0.0.0", False, True),
+        ("192.168.1.20", False, True),
+        ("0.0.0.0", True, False),
     ],
 )
 def test_the_console_listens_off_loopback_only_with_a_token(
-    host: str, token: str | None, refused: bool
+    host: str, with_token: bool, refused: bool
 ) -> None:
-    assert (security.bind_problem(host, token) is not None) is refused
+    assert (security.bind_problem(host, TOKEN if with_token else None) is not None) is refused
 
 
 def test_digits_web_refuses_a_public_address_without_a_token(home: Path) -> None:
@@ -110,5 +111,30 @@ def test_off_loopback_every_page_needs_the_token(home: Path) -> None:
             assert client.get("/healthz").status_code == 200
             assert _login(client, TOKEN, "//evil.example/").headers["location"] == "/"  # type: ignore[attr-defined]
             assert client.get("/", headers={"accept": "text/html"}).status_code == 200
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_in_the_browser_a_page_without_the_token_is_refused(home: Path, page: Any) -> None:
+    """Off loopback with a token: the browser is sent to the login form, a wrong token is
+    refused there, and the right one (with a name) opens the dashboard."""
+    from digits.core.db import upgrade
+
+    upgrade()
+    server = start_web(home, "--host", "0.0.0.0", env={"DIGITS_WEB_TOKEN": TOKEN})
+    try:
+        page.goto(f"{server.url}/review")
+        assert page.url.endswith("/login?next=/review")
+        assert page.locator("h1").inner_text() == "Log in"
+        page.fill("input[name=name]", "ana")
+        page.fill("input[name=token]", "not-the-token")
+        page.click("button[type=submit]")
+        assert page.locator("p.error").inner_text() == "Wrong token."
+        page.fill("input[name=name]", "ana")
+        page.fill("input[name=token]", TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{server.url}/review")
+        assert "ana" in page.locator("header.top .who").inner_text()
     finally:
         server.stop()
