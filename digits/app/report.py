@@ -141,11 +141,11 @@ def load(batch_id: int) -> BatchData:
     )
 
 
-def staged_pixels(item_ids: list[int]) -> dict[int, NDArray[np.float32]]:
-    """CSV items: their 28×28 rows from the chunk's staged ``.npy`` (rows in position order)."""
-    settings = get_settings()
+def staged_rows(item_ids: list[int]) -> dict[int, NDArray[np.uint8]]:
+    """CSV items: their staged 784 uint8 values (a chunk's rows follow its items' positions)."""
+    staging = get_settings().staging_dir.resolve()
     wanted = set(item_ids)
-    out: dict[int, NDArray[np.float32]] = {}
+    out: dict[int, NDArray[np.uint8]] = {}
     with session() as sess:
         chunks = sess.execute(
             select(Chunk.id, Chunk.ref)
@@ -153,24 +153,37 @@ def staged_pixels(item_ids: list[int]) -> dict[int, NDArray[np.float32]]:
             .where(Item.id.in_(item_ids))
             .distinct()
         ).all()
-        members = {
-            cid: list(
+        refs = {
+            ref: list(
                 sess.scalars(
-                    select(Item.id).where(Item.chunk_id == cid).order_by(Item.position)
+                    select(Item.id).where(Item.chunk_id == chunk_id).order_by(Item.position)
                 ).all()
             )
-            for cid, _ in chunks
+            for chunk_id, ref in chunks
         }
-    for cid, ref in chunks:
-        path = settings.staging_dir / ref
+    for ref, members in refs.items():
+        path = (staging / ref).resolve()
+        if not path.is_relative_to(staging):
+            continue  # a reference outside the staging folder is never read
         try:
             pixels = np.load(path, allow_pickle=False)
         except (OSError, ValueError):
-            continue  # staging cleaned up: the grid shows "no image"
-        for index, item_id in enumerate(members[cid]):
-            if item_id in wanted and index < len(pixels):
-                out[item_id] = pixels[index].reshape(28, 28).astype(np.float32) / 255.0
+            continue
+        if len(pixels) != len(members):
+            continue  # not the chunk these items were staged in
+        for index, item_id in enumerate(members):
+            if item_id in wanted:
+                out[item_id] = np.asarray(pixels[index], np.uint8).reshape(784)
     return out
+
+
+def staged_pixels(item_ids: list[int]) -> dict[int, NDArray[np.float32]]:
+    """CSV items: their 28×28 rows from the chunk's staged ``.npy``, as 0–1 floats (a cleaned-up
+    staging folder leaves them out: the grid shows "no image")."""
+    return {
+        item_id: row.reshape(28, 28).astype(np.float32) / 255.0
+        for item_id, row in staged_rows(item_ids).items()
+    }
 
 
 def file_pixels(item_ids: list[int]) -> dict[int, NDArray[np.float32]]:

@@ -19,11 +19,12 @@ import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import select
 
+from digits.app.report import staged_rows
 from digits.core import reviews
 from digits.core.db import session
 from digits.core.images import Rejected, image_to_tensor
 from digits.core.safe_files import read_regular
-from digits.core.schema import Batch, Chunk, Item
+from digits.core.schema import Batch, Item
 from digits.core.settings import get_settings
 from scheduler.export import atomic_write
 
@@ -48,42 +49,6 @@ class ReviewedExport:
             "missing": self.missing,
             "overrides": self.overrides,
         }
-
-
-def staged_rows(item_ids: list[int]) -> dict[int, NDArray[np.uint8]]:
-    """CSV items: their staged 784 uint8 values (a chunk's rows follow its items' positions)."""
-    staging = get_settings().staging_dir.resolve()
-    wanted = set(item_ids)
-    out: dict[int, NDArray[np.uint8]] = {}
-    with session() as sess:
-        chunks = sess.execute(
-            select(Chunk.id, Chunk.ref)
-            .join(Item, Item.chunk_id == Chunk.id)
-            .where(Item.id.in_(item_ids))
-            .distinct()
-        ).all()
-        refs = {
-            ref: list(
-                sess.scalars(
-                    select(Item.id).where(Item.chunk_id == chunk_id).order_by(Item.position)
-                ).all()
-            )
-            for chunk_id, ref in chunks
-        }
-    for ref, members in refs.items():
-        path = (staging / ref).resolve()
-        if not path.is_relative_to(staging):
-            continue  # a reference outside the staging folder is never read
-        try:
-            pixels = np.load(path, allow_pickle=False)
-        except (OSError, ValueError):
-            continue
-        if len(pixels) != len(members):
-            continue  # not the chunk these items were staged in
-        for index, item_id in enumerate(members):
-            if item_id in wanted:
-                out[item_id] = np.asarray(pixels[index], np.uint8).reshape(784)
-    return out
 
 
 def file_rows(item_ids: list[int]) -> dict[int, NDArray[np.uint8]]:
