@@ -13,8 +13,10 @@ refused or undecodable gives a small placeholder image and a reason, never a tra
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -108,39 +110,39 @@ def _csv_row(item_id: int) -> NDArray[np.float32] | None:
     return staged_pixels([item_id]).get(item_id)
 
 
-def input_picture(item_id: int) -> Picture | None:
-    """The original (None: unknown item)."""
+def _picture(
+    item_id: int,
+    decode: Callable[[bytes, int], NDArray[Any]],
+    undecodable: str,
+    side: int | None = None,
+) -> Picture | None:
+    """An item's picture: a CSV item's staged row, or its file through ``decode``; a
+    placeholder saying why when there is none (None: unknown item)."""
     found = locate(item_id)
     if found is None:
         return None
     if found.kind == "csv":
         row = _csv_row(item_id)
         return placeholder("staged row gone") if row is None else Picture(to_png(row))
-    settings = get_settings()
     try:
         data = read_item_file(found.path, found.batch_source)
-        gray = decode_image(data, settings.max_image_pixels)
+        pixels = decode(data, get_settings().max_image_pixels)
     except OSError:
         return placeholder("file missing or refused")
     except Rejected:
-        return placeholder("file not decodable")
-    return Picture(to_png(gray, INPUT_SIDE))
+        return placeholder(undecodable)
+    return Picture(to_png(pixels, side))
+
+
+def input_picture(item_id: int) -> Picture | None:
+    """The original (None: unknown item)."""
+    return _picture(item_id, decode_image, "file not decodable", INPUT_SIDE)
 
 
 def model_picture(item_id: int) -> Picture | None:
     """The 28×28 the model saw (None: unknown item)."""
-    found = locate(item_id)
-    if found is None:
-        return None
-    if found.kind == "csv":
-        row = _csv_row(item_id)
-        return placeholder("staged row gone") if row is None else Picture(to_png(row))
-    settings = get_settings()
-    try:
-        data = read_item_file(found.path, found.batch_source)
-        tensor = image_to_tensor(data, settings.max_image_pixels)
-    except OSError:
-        return placeholder("file missing or refused")
-    except Rejected:
-        return placeholder("refused by preprocessing")
-    return Picture(to_png(tensor.reshape(28, 28)))
+    return _picture(
+        item_id,
+        lambda data, limit: image_to_tensor(data, limit).reshape(28, 28),
+        "refused by preprocessing",
+    )
