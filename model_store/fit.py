@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 
 from digits.core.preprocess import rows_to_tensor
 from model_store.augmentation import augmenter
-from model_store.schedule import fitted_epochs, learning_rate, pace
+from model_store.schedule import PEAK_LEARNING_RATE, fitted_epochs, learning_rate, pace
 from model_store.train_config import TrainConfig
 
 # (steps just done, description, member index, the epochs that member's schedule now has)
@@ -31,13 +31,15 @@ def _keras_callback(
     epochs: int,
     steps_per_epoch: int,
     scheduled: bool,
+    peak: float = PEAK_LEARNING_RATE,
 ) -> Any:
     """A Keras callback that reports steps to a plain function (keeps rich out of training)
     and keeps training inside ``deadline`` (wall clock): after every epoch it fits the
     remaining schedule to the time left at the recent pace (``model_store.schedule``)
     and stops when the fitted schedule ends. With ``scheduled`` it also sets the learning rate
     of every step from that schedule (the CNNs); without, only the epoch count is fitted (the
-    origin's MLP keeps RMSprop's constant rate)."""
+    origin's MLP keeps RMSprop's constant rate). ``peak`` is the schedule's top rate: lower
+    when a trained model is fine-tuned, so a few hundred rows nudge it instead of undoing it."""
     import keras
 
     class Callback(keras.callbacks.Callback):
@@ -57,7 +59,10 @@ def _keras_callback(
         def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
             if scheduled:
                 self.last_rate = learning_rate(
-                    self.epoch * steps_per_epoch + batch, steps_per_epoch, self.schedule_epochs
+                    self.epoch * steps_per_epoch + batch,
+                    steps_per_epoch,
+                    self.schedule_epochs,
+                    peak,
                 )
                 self.model.optimizer.learning_rate = self.last_rate
 
@@ -109,6 +114,10 @@ class MemberJob:
     epochs: int  # planned epochs (the schedule may end sooner to fit the deadline)
     teacher: bool = False  # a pseudo-labelling teacher: its own seeds, names and progress slot
     out: Path | None = None  # where a child process saves the member
+    # Fine-tuning (``model_store.fine_tune``): a saved trained model to continue from instead
+    # of a new one, and the schedule's peak rate (the same warm-up and cosine decay, lower).
+    start: Path | None = None
+    peak_learning_rate: float = PEAK_LEARNING_RATE
 
     @property
     def slot(self) -> int:
@@ -121,7 +130,8 @@ class MemberJob:
 def train_member(job: MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any]] | None:
     """Fit one model (Adam, one warm-up epoch, cosine decay fitted to the time limit;
     augmented batches) and score it on the validation rows. Returns None if the time limit
-    passed before it could start."""
+    passed before it could start. With ``job.start`` the model is that saved one (its own
+    name and weights, always on the Adam schedule) instead of a newly built one."""
     import keras
     import tensorflow as tf
 
@@ -144,8 +154,11 @@ def train_member(job: MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any]]
         if config.ensemble > 1
         else None
     )
-    model = _build(config.arch, name, config.precision)
-    scheduled = config.arch != "mlp"
+    if job.start is not None:
+        model = keras.saving.load_model(job.start, compile=False, safe_mode=True)
+    else:
+        model = _build(config.arch, name, config.precision)
+    scheduled = job.start is not None or config.arch != "mlp"
     # The CNNs' rate is set before every step by the callback (model_store.schedule).
     optimizer = keras.optimizers.Adam(0.0) if scheduled else keras.optimizers.RMSprop()
     loss, metric = _loss_and_metric(config.label_smoothing)
@@ -158,7 +171,8 @@ def train_member(job: MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any]]
     dataset = dataset.shuffle(len(x_train), seed=seed).batch(config.batch_size).repeat()
     if config.resolved_augment():
         dataset = dataset.map(
-            augmenter(seed, config.elastic, config.degrade), num_parallel_calls=tf.data.AUTOTUNE
+            augmenter(seed, config.elastic, config.degrade, config.writers),
+            num_parallel_calls=tf.data.AUTOTUNE,
         )
     if config.label_smoothing:
         dataset = dataset.map(lambda x, y: (x, tf.one_hot(y, 10)))
@@ -167,7 +181,14 @@ def train_member(job: MemberJob, report: ReportFn) -> tuple[Any, dict[str, Any]]
     one_model = config.ensemble == 1 and not job.teacher
     prefix = "" if one_model else f"{role} {job.index + 1}/{config.ensemble} "
     callback = _keras_callback(
-        report, job.deadline, job.slot, prefix, epochs, steps_per_epoch, scheduled
+        report,
+        job.deadline,
+        job.slot,
+        prefix,
+        epochs,
+        steps_per_epoch,
+        scheduled,
+        job.peak_learning_rate,
     )
     model.fit(
         dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[callback], verbose=0

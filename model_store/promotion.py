@@ -4,8 +4,13 @@ not measurably worse than what the alias serves now.
 The gate scores a labelled golden set (by default the shipped 200-row sample, never used for
 training) with the candidate and with the current target, both through the very path workers
 use (``rows_to_tensor`` → ``predict``), so what is compared is what production would do.
+A second gate reads the two cards: each records its accuracy on the held-out rows of its
+training file's fixed split (``model_store.data``), so when both cards name the same file
+(sha256) and split, the candidate must not be below the target's figure minus the tolerance
+either. A golden set of corrections shows what a fine-tuned version learnt; this one shows what
+it forgot. Cards of different files cannot be compared, and the result's note says so.
 Integrity (sha256 vs card) and safe loading (no custom code, 28x28x1 → 10 signature) can never
-be forced; only the accuracy gate can, for a deliberate, recorded decision.
+be forced; only the accuracy gates can, for a deliberate, recorded decision.
 """
 
 from __future__ import annotations
@@ -42,6 +47,12 @@ class PromotionResult:
     forced: bool
     moved: bool  # False when the alias already named this version
     note: str = ""
+    # The cards' accuracy on the same held-out rows: the candidate's, and the current
+    # target's when both cards were validated on the same file and split (else None).
+    held_out_accuracy: float | None = None
+    baseline_held_out_accuracy: float | None = None
+    held_out_rows: int | None = None
+    overridden: tuple[str, ...] = ()  # the gates --force overrode: "golden", "held-out"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +75,30 @@ def _load_checked(meta: ModelVersion) -> Any:
         raise PromotionError(f"refusing to promote: {' '.join(str(exc).split())}") from exc
 
 
+def held_out_figures(candidate: ModelVersion, target: ModelVersion) -> tuple[float, float] | str:
+    """(candidate's, target's) held-out accuracy from their cards when both were measured on
+    the same rows: the same training file (sha256) and the same split. Otherwise why not."""
+    cards = {candidate.version: candidate.card, target.version: target.card}
+    for number, card in cards.items():
+        if not isinstance(card.get("validation", {}).get("accuracy"), int | float):
+            return f"v{number}'s card records no held-out accuracy"
+    files = [card.get("training_data", {}).get("sha256") for card in cards.values()]
+    if None in files or files[0] != files[1]:
+        return (
+            f"v{candidate.version} and v{target.version} were validated on different files "
+            "(their cards' training_data sha256 differ or are missing)"
+        )
+    splits = [
+        (card.get("validation_split"), card["validation"].get("count")) for card in cards.values()
+    ]
+    if splits[0] != splits[1]:
+        return f"v{candidate.version} and v{target.version} were validated on different splits"
+    return (
+        float(candidate.card["validation"]["accuracy"]),
+        float(target.card["validation"]["accuracy"]),
+    )
+
+
 def current_target(alias: str) -> int | None:
     """What the alias serves now: its target, or for ``production`` the bundled default."""
     target = alias_target(alias)
@@ -84,7 +119,9 @@ def promote(
     reason: str = "",
 ) -> PromotionResult:
     """Verify, load and score ``version``; move ``alias`` to it unless it is worse than the
-    current target's golden accuracy minus ``tolerance`` (``force`` overrides only that).
+    current target's golden accuracy minus ``tolerance``, or its card's held-out accuracy is
+    below the target card's minus ``tolerance`` on the same rows (``force`` overrides only
+    these two gates).
 
     When the current target itself cannot be loaded (tampered, deleted) there is nothing to
     regress from, so the candidate is judged on integrity alone and the result says so.
@@ -106,25 +143,40 @@ def promote(
 
     previous = current_target(alias)
     baseline: float | None = None
-    note = ""
+    notes: list[str] = []
     if previous == version:
         baseline = accuracy
     elif previous is not None:
         try:
             baseline = golden_accuracy(_load_checked(get_version(previous)), pixels, labels)
         except (PromotionError, ModelError) as exc:
-            note = f"current {alias} v{previous} cannot be scored ({exc}); no accuracy baseline"
+            notes.append(
+                f"current {alias} v{previous} cannot be scored ({exc}); no accuracy baseline"
+            )
     if baseline is not None and accuracy < baseline - tolerance and not force:
         raise PromotionError(
             f"refusing to promote v{version} to {alias}: golden accuracy {accuracy:.2%} is "
             f"below {alias} v{previous}'s {baseline:.2%} minus tolerance {tolerance:.2%} "
             f"on {len(labels)} rows ({golden_path.name}); use --force to override"
         )
-    forced = force and baseline is not None and accuracy < baseline - tolerance
+    held_out, held_baseline, held_rows = _held_out_gate(
+        candidate, previous, alias, tolerance, force, notes
+    )
+    overridden = tuple(
+        gate
+        for gate, (mine, theirs) in (
+            ("golden", (accuracy, baseline)),
+            ("held-out", (held_out, held_baseline)),
+        )
+        if force and mine is not None and theirs is not None and mine < theirs - tolerance
+    )
     text = reason or "promote"
     text += f" (golden {accuracy:.4f}"
-    text += f" vs v{previous} {baseline:.4f})" if baseline is not None else ")"
-    if forced:
+    text += f" vs v{previous} {baseline:.4f}" if baseline is not None else ""
+    if held_out is not None and held_baseline is not None:
+        text += f"; held-out {held_out:.4f} vs {held_baseline:.4f}"
+    text += ")"
+    if overridden:
         text += " [forced]"
     try:
         change = set_alias(alias, version, text)
@@ -133,15 +185,9 @@ def promote(
 
     forced_version = get_settings().model_version
     if alias == PRODUCTION and forced_version is not None:
-        note = "; ".join(
-            filter(
-                None,
-                [
-                    note,
-                    f"DIGITS_MODEL_VERSION={forced_version} still "
-                    "overrides the production alias for new batches",
-                ],
-            )
+        notes.append(
+            f"DIGITS_MODEL_VERSION={forced_version} still "
+            "overrides the production alias for new batches"
         )
     return PromotionResult(
         version,
@@ -151,7 +197,48 @@ def promote(
         baseline,
         len(labels),
         str(golden_path),
-        forced,
+        bool(overridden),
         change.moved,
-        note,
+        "; ".join(notes),
+        held_out,
+        held_baseline,
+        held_rows,
+        overridden,
     )
+
+
+def _held_out_gate(
+    candidate: ModelVersion,
+    previous: int | None,
+    alias: str,
+    tolerance: float,
+    force: bool,
+    notes: list[str],
+) -> tuple[float | None, float | None, int | None]:
+    """The second gate: the cards' held-out accuracy, (candidate's, target's, rows), refused
+    when the candidate's is below the target's minus ``tolerance`` unless ``force``. When the
+    cards cannot be compared, the figures are None and ``notes`` says why."""
+    mine = candidate.card.get("validation", {})
+    own = mine.get("accuracy") if isinstance(mine.get("accuracy"), int | float) else None
+    rows = mine.get("count")
+    if previous is None:
+        return own, None, rows
+    if previous == candidate.version:
+        return own, own, rows
+    try:
+        figures = held_out_figures(candidate, get_version(previous))
+    except ModelError as exc:
+        figures = f"v{previous}'s card cannot be read ({exc})"
+    if isinstance(figures, str):
+        notes.append(f"no held-out comparison: {figures}")
+        return own, None, rows
+    accuracy, baseline = figures
+    if accuracy < baseline - tolerance and not force:
+        data = candidate.card.get("training_data", {}).get("path", "its training file")
+        raise PromotionError(
+            f"refusing to promote v{candidate.version} to {alias}: held-out accuracy "
+            f"{accuracy:.2%} (its card) is below {alias} v{previous}'s {baseline:.2%} minus "
+            f"tolerance {tolerance:.2%} on the same {rows} held-out rows of {data}; use --force "
+            "to override"
+        )
+    return accuracy, baseline, rows

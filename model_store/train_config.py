@@ -25,6 +25,7 @@ class TrainConfig:
     precision: str = "float32"  # or "bf16": mixed bfloat16 training; saved models are float32
     elastic: bool = False  # add elastic distortions (Simard et al. 2003) to the augmentation
     degrade: bool = True  # scan-like degradations (stroke width, blur, noise) after the jitter
+    writers: bool = False  # other writers' styles, slant, pen and low resolution (augmentation)
     # Label smoothing (Szegedy et al. 2016): train towards 1 - s on the label and s / 10 on
     # every class, so a member cannot drive its logits apart on the rows it memorises.
     label_smoothing: float = 0.0

@@ -25,7 +25,15 @@ from model_store.augmentation import augmentation
 from model_store.calibration import fit_temperature
 from model_store.choices import PRECISIONS
 from model_store.data import SPLIT_SEED, Split, load_split
-from model_store.evaluation import evaluate, held_out_probs, scan_like_validation
+from model_store.evaluation import (
+    Rendered,
+    WriterTensors,
+    cross_writer,
+    cross_writer_tensors,
+    evaluate,
+    held_out_probs,
+    scan_like_validation,
+)
 from model_store.fit import MemberJob
 from model_store.member_pool import train_members
 from model_store.pseudo import confident_labels, not_held_out
@@ -175,6 +183,7 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
     # (160-280 s for 4,200 rows) that would otherwise run after them, on one core, while the
     # other idles. The members' schedules refit to the pace this costs them at first.
     rendering = _in_background(scan_like_validation, split.x_val, split.y_val)
+    drawing = _in_background(cross_writer_tensors)  # the cross-writer set: seconds, likewise
     x_train, y_train, pseudo = split.x_train, split.y_train, None
     with tempfile.TemporaryDirectory() as tmp:
         if unlabelled is not None:
@@ -211,14 +220,7 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
     models = [model for model, _ in trained]
     member_cards = [card for _, card in trained]
     model = models[0] if config.ensemble == 1 else build_ensemble(models)
-    probs, scan_probs, scan_labels, refused = held_out_probs(model, split, rendered=scans)
-    temperature = fit_temperature(
-        np.concatenate([probs, scan_probs]), np.concatenate([split.y_val, scan_labels])
-    )
-
-    threshold = get_settings().confidence_threshold
-    metrics = evaluate(probs, split.y_val, temperature, threshold)
-    scan_metrics = evaluate(scan_probs, scan_labels, temperature, threshold)
+    checked = held_out_card(model, split, scans, drawing())
     wall = time.time() - started
     stopped = any(c["stopped_by_time_limit"] for c in member_cards)
 
@@ -230,17 +232,7 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
         "input": "28x28x1 float32 in [0, 1], ink bright on dark (MNIST polarity)",
         "output": "10 softmax probabilities"
         + (" (the mean of the members' probabilities)" if config.ensemble > 1 else ""),
-        "training_data": {
-            "path": data.name,
-            "sha256": sha256_file(data),
-            "rows": int(len(split.y_train) + len(split.y_val)),
-        },
-        "validation_split": {
-            "method": f"last {config.val_fraction:.0%} of numpy default_rng({SPLIT_SEED})"
-            f".permutation(n) over train.csv data rows",
-            "rows": len(split.val_rows),
-            "train_rows": len(split.y_train),
-        },
+        **data_card(data, split, config.val_fraction),
         "training": {
             "epochs_planned": epochs,
             "epochs_run": min(c["epochs_run"] for c in member_cards),
@@ -268,23 +260,65 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
         },
-        "validation": metrics,
+        **checked,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if config.command:
+        card["command"] = config.command
+    return register_model(model, card)
+
+
+def data_card(data: Path, split: Split, val_fraction: float) -> dict[str, Any]:
+    """The card's ``training_data`` and ``validation_split``: which file, and which of its rows
+    were held out. Promotion compares two cards' held-out figures only when these match (a
+    fine-tuned version records its parent's base file, so it is compared with its parent)."""
+    return {
+        "training_data": {
+            "path": data.name,
+            "sha256": sha256_file(data),
+            "rows": int(len(split.y_train) + len(split.y_val)),
+        },
+        "validation_split": {
+            "method": f"last {val_fraction:.0%} of numpy default_rng({SPLIT_SEED})"
+            f".permutation(n) over train.csv data rows",
+            "rows": len(split.val_rows),
+            "train_rows": len(split.y_train),
+        },
+    }
+
+
+def held_out_card(
+    model: Any, split: Split, scans: Rendered, writers: WriterTensors
+) -> dict[str, Any]:
+    """The card's ``validation``, ``scan_validation``, ``cross_writer`` and ``calibration``:
+    the temperature fitted on the held-out rows, clean and as scans (``scans``: their rendering),
+    and every figure at it. One function for ``train`` and ``fine_tune``, so a fine-tuned
+    version is measured exactly as its parent was."""
+    probs, scan_probs, scan_labels, refused = held_out_probs(model, split, rendered=scans)
+    temperature = fit_temperature(
+        np.concatenate([probs, scan_probs]), np.concatenate([split.y_val, scan_labels])
+    )
+    threshold = get_settings().confidence_threshold
+    return {
+        "validation": evaluate(probs, split.y_val, temperature, threshold),
         "scan_validation": {
             "method": "the same held-out rows rendered as scans (worker.scan_synth: formats, "
             "modes, polarity, lighting, blur, noise) and preprocessed by worker.images",
             "refused": refused,
-            **scan_metrics,
+            **evaluate(scan_probs, scan_labels, temperature, threshold),
         },
+        "cross_writer": cross_writer(model, temperature, threshold, writers),
         "calibration": {
             "method": "temperature scaling fitted on the validation split: clean rows plus the "
             "same rows rendered as scans",
             "temperature": round(temperature, 4),
             "fitted_on_rows": int(len(probs) + len(scan_probs)),
         },
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if config.command:
-        card["command"] = config.command
+
+
+def register_model(model: Any, card: dict[str, Any]) -> ModelVersion:
+    """Save ``model`` to a temporary ``.keras`` file and register it with ``card``."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
         model.save(path)

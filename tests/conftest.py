@@ -184,3 +184,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if END_TO_END_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+def digits_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """Run ``digits ARGS`` as a user would (a new process, this test's environment)."""
+    return subprocess.run(
+        [sys.executable, "-m", "digits.cli", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=timeout,
+    )

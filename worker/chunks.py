@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from sqlalchemy import select, update
 
 from digits.core.db import aware, insert_ignore, session
-from digits.core.images import Rejected, image_to_tensor
+from digits.core.images import Digit, Rejected, image_to_digit
 from digits.core.preprocess import rows_to_tensor, stack
 from digits.core.processes import pid_alive
 from digits.core.safe_files import read_regular, real, refusal
@@ -60,6 +60,7 @@ class Inputs:
     item_ids: list[int]  # items with a tensor, in position order
     tensor: NDArray[np.float32]
     errors: list[tuple[int, str]]  # items refused while reading (unreadable, blank, …)
+    doubts: list[str | None] | None = None  # per scored item: why the page leaves doubt
 
 
 def owner_name() -> str:
@@ -206,6 +207,7 @@ def read_images(found: Claim, rows: list[tuple[int, str | None]]) -> Inputs:
     roots = [Path(found.source).resolve(), settings.inbox_dir.resolve()]  # once per chunk
     ids: list[int] = []
     tensors: list[NDArray[np.float32]] = []
+    doubts: list[str | None] = []
     errors: list[tuple[int, str]] = []
     for item_id, raw in rows:
         path = Path(raw or ".")
@@ -220,13 +222,15 @@ def read_images(found: Claim, rows: list[tuple[int, str | None]]) -> Inputs:
         if why:
             errors.append((item_id, why))
             continue
-        outcome = decode_settled(path, image_to_tensor, Rejected, settings, roots)
+        outcome = decode_settled(path, image_to_digit, Rejected, settings, roots)
         if isinstance(outcome, str):
             errors.append((item_id, outcome))
         else:
-            tensors.append(outcome)
+            found_digit = cast("Digit", outcome)
+            tensors.append(found_digit.tensor)
+            doubts.append(found_digit.doubt)
             ids.append(item_id)
-    return Inputs(ids, stack(tensors), errors)
+    return Inputs(ids, stack(tensors), errors, doubts)
 
 
 def decode_settled(
@@ -235,9 +239,10 @@ def decode_settled(
     rejected: type[Exception],
     settings: Settings,
     roots: list[Path],
-) -> NDArray[np.float32] | str:
-    """Read and decode one file; a file that decodes as truncated (or empty) while it was
-    written only moments ago (a writer the inbox's settle time did not catch) is read again
+) -> Any:
+    """Read and decode one file (what ``decode`` returns, or the reason as a str); a file
+    that decodes as truncated (or empty) while it was written only moments ago (a writer the
+    inbox's settle time did not catch) is read again
     after a pause before it is called broken. Bounded: at most 3 reads, half a settle time
     apart; a file that is broken and old is refused at once. Each read re-checks, on the
     open descriptor, that the file really lies in ``roots`` (a folder swapped for a link
@@ -250,7 +255,7 @@ def decode_settled(
         except OSError as exc:
             return f"cannot read file: {exc.strerror or exc}" if exc.strerror else str(exc)
         try:
-            return cast("NDArray[np.float32]", decode(data, settings.max_image_pixels))
+            return decode(data, settings.max_image_pixels)
         except rejected as exc:
             reason = str(exc)
             fresh = time.time() - before.st_mtime < 3 * settings.inbox_settle_seconds
@@ -300,7 +305,9 @@ def process_chunk(chunk_id: int) -> str:
             meta, model = model_for(found.model_version)
             inputs = read_inputs(found)
             probs = predict(model, inputs.tensor)
-            shaped = shape(probs, meta.temperature, get_settings().confidence_threshold)
+            shaped = shape(
+                probs, meta.temperature, get_settings().confidence_threshold, inputs.doubts
+            )
             rows = prediction_rows(inputs.item_ids, shaped, found.model_version)
             written = write_results(found, rows, inputs.errors)
     except BaseException as exc:

@@ -2,7 +2,7 @@
 ``digits bench --draw`` run.
 
 The very same path as a scan dropped into the inbox: the bytes are decoded and normalised by
-``digits.core.images.image_to_tensor`` (what worker/chunks.py ``read_images`` calls, with the
+``digits.core.images.image_to_digit`` (what worker/chunks.py ``read_images`` calls, with the
 same ``DIGITS_MAX_IMAGE_PIXELS``), scored by the production model through
 ``model_store.inference`` (hash-verified safe loading, traced as the worker's warm-up does)
 and shaped by ``worker.results.shape`` (temperature-calibrated confidence, ``needs_review``
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from digits.core.images import Rejected, image_to_tensor
+from digits.core.images import Rejected, image_to_digit
 from digits.core.settings import get_settings
 from model_store.aliases import PRODUCTION, alias_target, resolve_active
 from model_store.inference import model_for, predict
@@ -46,6 +46,7 @@ class Answer:
     probabilities: list[float]  # calibrated, index = digit
     model_version: int
     seen: NDArray[np.float32]  # the (28, 28) tensor the model saw, in [0, 1], ink bright
+    review_reason: str | None = None  # the digit finder's doubt, if any
 
     @property
     def top3(self) -> list[dict[str, float | int]]:
@@ -58,6 +59,7 @@ class Answer:
             "confidence": round(self.confidence, 6),
             "margin": round(self.margin, 6),
             "needs_review": self.needs_review,
+            "review_reason": self.review_reason,
             "top3": self.top3,
             "probabilities": [round(p, 6) for p in self.probabilities],
             "model_version": self.model_version,
@@ -93,12 +95,13 @@ def predict_image(data: bytes) -> Answer:
     settings = get_settings()
     if len(data) > settings.max_file_bytes:
         raise Rejected(f"file too large: {len(data):,} bytes (limit {settings.max_file_bytes:,})")
-    tensor = image_to_tensor(data, settings.max_image_pixels)
+    found = image_to_digit(data, settings.max_image_pixels)
+    tensor = found.tensor
     version = production_version()
     with _lock:  # one load per process, and one forward pass at a time (2 cores)
         meta, model = model_for(version)
         probs = predict(model, tensor[None, ...])
-    shaped = shape(probs, meta.temperature, settings.confidence_threshold)
+    shaped = shape(probs, meta.temperature, settings.confidence_threshold, [found.doubt])
     return Answer(
         label=int(shaped.labels[0]),
         confidence=float(shaped.confidence[0]),
@@ -107,4 +110,5 @@ def predict_image(data: bytes) -> Answer:
         probabilities=[float(p) for p in shaped.probabilities[0]],
         model_version=version,
         seen=tensor[:, :, 0],
+        review_reason=found.doubt,
     )

@@ -6,6 +6,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,9 +28,166 @@ def _labelled_data(data: Path | None) -> Path:
     return source
 
 
+def _given(ctx: typer.Context, *names: str) -> list[str]:
+    """The options among ``names`` (parameter names) given on the command line, as typed
+    (``--arch``): a default value is not a choice the user made."""
+    flags = {param.name: param.opts[0] for param in ctx.command.params}
+    return [
+        flags[name]
+        for name in names
+        if name in flags
+        and getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")
+    ]
+
+
+def _with_progress(title: str, run: Callable[[Any], Any], quiet: bool) -> Any:
+    """Run a training function under a progress bar (a log file gets a line per epoch): its
+    refusals become one error line, Ctrl-C exits 130 with nothing registered."""
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from digits.core.csv_input import CsvFileError
+    from model_store.registry import ModelError
+
+    err = console()
+    started = time.monotonic()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet,
+    ) as bar:
+        task = bar.add_task(f"training {title}", total=None)
+
+        def progress(done: int, total: int, label: str) -> None:
+            bar.update(task, completed=done, total=total, description=f"{title} {label}")
+            if label and not quiet and not err.is_terminal:  # a log file gets a line per epoch
+                print(
+                    f"[{time.monotonic() - started:7.0f} s] {done}/{total} steps  {label}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        try:
+            version = run(progress)
+        except (CsvFileError, ModelError, TimeoutError, ValueError) as exc:
+            raise fail(str(exc)) from exc
+        except KeyboardInterrupt:  # Ctrl-C reaches the member processes too; they just end
+            version = None
+    if version is None:  # said after the progress bar has closed, so it is the last line
+        raise fail("training interrupted; nothing was registered", 130)
+    return version
+
+
+#: ``digits train`` options that choose a recipe: --from keeps the parent's.
+RECIPE_OPTIONS = (
+    "arch",
+    "ensemble",
+    "precision",
+    "elastic",
+    "degrade",
+    "label_smoothing",
+    "pseudo_label",
+    "teacher_epochs",
+    "pseudo_threshold",
+)
+
+
+def _fine_tune(
+    ctx: typer.Context,
+    parent: int,
+    data: Path | None,
+    base_data: Path | None,
+    replay: int,
+    epochs: int | None,
+    learning_rate: float,
+    seed: int,
+    max_minutes: float,
+    jobs: int,
+    quiet: bool,
+    writers: bool | None = None,
+) -> None:
+    """``digits train --from V``: every check first (one line each, no Keras), then the
+    fine-tuning under the same progress bar as ``train``."""
+    clash = _given(ctx, *RECIPE_OPTIONS)
+    if clash:
+        raise fail(
+            f"--from fine-tunes v{parent} with its own recipe: {', '.join(clash)} cannot be "
+            "combined with it"
+        )
+    if data is None:
+        raise fail(
+            "--from needs --data CSV: the labelled corrections to learn from "
+            "(`digits reviews export` writes them)"
+        )
+    if not data.is_file():
+        raise fail(f"{data}: no such file")
+    from digits.core.settings import get_settings
+
+    base = base_data or get_settings().data
+    if base is None:
+        raise fail(
+            "--from needs the original training data (for replay rows and the held-out "
+            "split): pass --base-data PATH or set DIGITS_DATA"
+        )
+    if not base.is_file():
+        raise fail(f"{base}: no such file")
+    from digits.core.csv_input import CsvFileError
+    from model_store.fine_tune import DEFAULT_EPOCHS, FineTuneConfig, fine_tune, plan
+    from model_store.registry import ModelError
+
+    config = FineTuneConfig(
+        parent,
+        data,
+        base,
+        replay,
+        epochs or DEFAULT_EPOCHS,
+        learning_rate,
+        seed,
+        max_minutes,
+        jobs,
+        shlex.join(["digits", *sys.argv[1:]]),
+        writers,
+    )
+    try:
+        checked = plan(config)
+    except (CsvFileError, ModelError, ValueError, OSError) as exc:
+        raise fail(str(exc)) from exc
+    for warning in checked.warnings:
+        typer.secho(f"warning: {warning}", fg="yellow", err=True)
+    version = _with_progress(
+        f"fine-tuning v{parent}", lambda progress: fine_tune(checked, progress), quiet
+    )
+    card = version.card
+    tuned = card["fine_tune"]
+    before = checked.parent.card.get("validation", {}).get("accuracy")
+    typer.echo(
+        f"registered model version {version.version} ({card['architecture']}, fine-tuned from "
+        f"v{parent} on {tuned['rows_used']} rows of {tuned['path']} + {tuned['replay_rows']} "
+        f"replayed): validation accuracy {card['validation']['accuracy']:.4%} on "
+        f"{card['validation']['count']} held-out rows"
+        + (f" (v{parent}: {before:.4%})" if isinstance(before, float) else "")
+        + f", {card['scan_validation']['accuracy']:.4%} as scans, "
+        f"{tuned['wall_seconds']:.0f} s, at {version.path}"
+    )
+
+
 @app.command()
 def train(
-    data: Annotated[Path | None, typer.Option(help="Labelled Kaggle CSV (.csv/.csv.gz).")] = None,
+    ctx: typer.Context,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Labelled Kaggle CSV (.csv/.csv.gz); with --from, the corrections to learn from."
+        ),
+    ] = None,
     arch: Annotated[
         str,
         typer.Option(
@@ -38,7 +196,8 @@ def train(
         ),
     ] = "cnn-lite",
     epochs: Annotated[
-        int | None, typer.Option(help="Epochs per member (default: mlp 10, CNNs 30).", min=1)
+        int | None,
+        typer.Option(help="Epochs per member (default: mlp 10, CNNs 30; with --from 5).", min=1),
     ] = None,
     ensemble: Annotated[
         int, typer.Option(help="Train K members and average them into one version.", min=1)
@@ -78,6 +237,13 @@ def train(
             "noise); --no-degrade trains on affine jitter only."
         ),
     ] = True,
+    writers: Annotated[
+        bool,
+        typer.Option(
+            help="Add what capture by other writers differs by (docs/models.md): crossed 7s and "
+            "serifed 1s, slant, stroke width, pen pressure, low resolution (digit 8-16 px)."
+        ),
+    ] = False,
     label_smoothing: Annotated[
         float,
         typer.Option(
@@ -102,11 +268,62 @@ def train(
             "probability is at least this (0 < P <= 1)."
         ),
     ] = 0.99,
+    from_version: Annotated[
+        int | None,
+        typer.Option(
+            "--from",
+            help="Fine-tune this registered version on --data (labelled corrections, e.g. from "
+            "`digits reviews export`) mixed with --replay rows of its original training data, "
+            "with its own recipe at a low learning rate; registers a new version.",
+        ),
+    ] = None,
+    replay: Annotated[
+        int,
+        typer.Option(
+            help="With --from: rows of the original training data mixed in, so the model does "
+            "not forget it (drawn from its training part, never a held-out row; 0: none).",
+            min=0,
+        ),
+    ] = 2000,
+    base_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --from: the version's original training CSV, for the replay rows and the "
+            "held-out split (default: DIGITS_DATA)."
+        ),
+    ] = None,
+    learning_rate: Annotated[
+        float,
+        typer.Option(
+            help="With --from: the peak of the fine-tuning schedule (1 warm-up epoch, then "
+            "cosine decay)."
+        ),
+    ] = 1e-4,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train a model on a labelled CSV and register it as a new immutable version."""
+    """Train a model on a labelled CSV and register it as a new immutable version; with
+    --from V, fine-tune version V on corrections instead."""
     from model_store.choices import ARCHITECTURES, ENSEMBLE_ARCHITECTURES, PRECISIONS
 
+    if from_version is not None:
+        _fine_tune(
+            ctx,
+            from_version,
+            data,
+            base_data,
+            replay,
+            epochs,
+            learning_rate,
+            seed,
+            max_minutes,
+            jobs,
+            quiet,
+            writers if _given(ctx, "writers") else None,
+        )
+        return
+    alone = _given(ctx, "replay", "base_data", "learning_rate")
+    if alone:
+        raise fail(f"{', '.join(alone)} fine-tune{'s' if len(alone) == 1 else ''}: add --from V")
     source = _labelled_data(data)
     if arch not in ARCHITECTURES:
         raise fail(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
@@ -122,15 +339,8 @@ def train(
         raise fail(f"{pseudo_label}: no such file")
     if pseudo_label is not None and arch not in ENSEMBLE_ARCHITECTURES:
         raise fail(f"--pseudo-label needs a CNN architecture ({', '.join(ENSEMBLE_ARCHITECTURES)})")
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from digits.core.csv_input import CsvFileError
+    if writers and arch not in ENSEMBLE_ARCHITECTURES:  # the origin's MLP trains unaugmented
+        raise fail(f"--writers needs a CNN architecture ({', '.join(ENSEMBLE_ARCHITECTURES)})")
     from model_store.train_config import TrainConfig
     from model_store.training import train as run_training
 
@@ -144,41 +354,14 @@ def train(
         precision=precision,
         elastic=elastic,
         degrade=degrade,
+        writers=writers,
         label_smoothing=label_smoothing,
         pseudo_label=pseudo_label,
         teacher_epochs=teacher_epochs,
         pseudo_threshold=pseudo_threshold,
         command=shlex.join(["digits", *sys.argv[1:]]),
     )
-    err = console()
-    started = time.monotonic()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=quiet,
-    ) as bar:
-        task = bar.add_task(f"training {arch}", total=None)
-
-        def progress(done: int, total: int, label: str) -> None:
-            bar.update(task, completed=done, total=total, description=f"{arch} {label}")
-            if label and not quiet and not err.is_terminal:  # a log file gets a line per epoch
-                print(
-                    f"[{time.monotonic() - started:7.0f} s] {done}/{total} steps  {label}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-
-        try:
-            version = run_training(source, config, progress)
-        except (CsvFileError, TimeoutError, ValueError) as exc:
-            raise fail(str(exc)) from exc
-        except KeyboardInterrupt:  # Ctrl-C reaches the member processes too; they just end
-            version = None
-    if version is None:  # said after the progress bar has closed, so it is the last line
-        raise fail("training interrupted; nothing was registered", 130)
+    version = _with_progress(arch, lambda progress: run_training(source, config, progress), quiet)
     card = version.card
     typer.echo(
         f"registered model version {version.version} ({card['architecture']}): validation "
@@ -213,6 +396,7 @@ def models_list(as_json: JsonOpt = False) -> None:
             "version": v.version,
             "architecture": v.card.get("architecture"),
             "val_accuracy": v.card.get("validation", {}).get("accuracy"),
+            "cross_writer_accuracy": v.card.get("cross_writer", {}).get("accuracy"),
             "bundled": v.bundled,
             "active": v.version == active,
             "aliases": aliases.get(v.version, []),
@@ -223,14 +407,23 @@ def models_list(as_json: JsonOpt = False) -> None:
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    typer.echo(f"  {'version':<7} {'aliases':<24} {'architecture':<22} {'val. acc.':<10} location")
+    typer.echo(
+        f"  {'version':<7} {'aliases':<24} {'architecture':<22} {'val. acc.':<10} "
+        f"{'x-writer':<9} location"
+    )
     for r in rows:
         mark = "*" if r["active"] else " "
         acc = f"{r['val_accuracy']:.4%}" if r["val_accuracy"] is not None else "?"
+        writers = _percent(r["cross_writer_accuracy"]).replace("?", "-")
         names = ", ".join(r["aliases"]) or "-"
         typer.echo(
             f"{mark} {'v' + str(r['version']):<7} {names:<24} {r['architecture'] or '?':<22} "
-            f"{acc:<10} {'bundled' if r['bundled'] else r['path']}"
+            f"{acc:<10} {writers:<9} {'bundled' if r['bundled'] else r['path']}"
+        )
+    if any(r["cross_writer_accuracy"] is None for r in rows):
+        typer.echo(
+            "  x-writer: the cross-writer check (digits by other writers, captured small); "
+            "- = not on the card: `digits models evaluate V` measures it"
         )
     if active is not None:  # the legend: which version new batches use, and why
         typer.echo(f"* in production: v{active}, {serving.why} (new batches are pinned to it)")
@@ -303,6 +496,7 @@ def models_show(
             f"{scans.get('count', '?')} rendered rows ({scans.get('refused', 0)} refused)"
             f"; ECE {scans.get('ece_before', 0):.4f} → {scans.get('ece_after', 0):.4f}"
         )
+    lines.append(f"  cross-writer      {_cross_writer_line(version, card.get('cross_writer'))}")
     review = val.get("review_threshold")
     if review:
         lines.append(
@@ -343,6 +537,27 @@ def models_show(
             f"  training data     {data.get('path', '?')} ({data.get('rows', '?')} rows, "
             f"sha256 {str(data.get('sha256', '?'))[:16]}…)"
         )
+    tuned = card.get("fine_tune")
+    if "parent" in card:
+        same = tuned.get("base_matches_parent") if tuned else None
+        lines.append(
+            f"  parent            v{card['parent']}"
+            + (
+                ""
+                if same is None
+                else "; validated on the same held-out rows"
+                if same
+                else "; validated on another file's held-out rows (not comparable)"
+            )
+        )
+    if tuned:
+        lines.append(
+            f"  fine-tuned on     {tuned.get('rows_used', '?')} rows of {tuned.get('path', '?')} "
+            f"(sha256 {str(tuned.get('sha256', '?'))[:16]}…) + {tuned.get('replay_rows', '?')} "
+            f"replayed training rows; {tuned.get('epochs', '?')} epochs, peak rate "
+            f"{tuned.get('learning_rate', '?')}, seed {tuned.get('seed', '?')}, "
+            f"{tuned.get('wall_seconds', '?')} s"
+        )
     pseudo = train.get("pseudo_labels")
     if pseudo:
         lines.append(
@@ -362,6 +577,24 @@ def models_show(
     typer.echo("\n".join(lines))
 
 
+def _cross_writer_line(version: int, writers: dict[str, Any] | None) -> str:
+    """The card's cross-writer figure with its weakest style, or how to measure it."""
+    if not writers:
+        return f"not on this card: `digits models evaluate {version}` measures it"
+    if "unavailable" in writers:
+        return f"not measured: {writers['unavailable']}"
+    styles = {
+        k: v for k, v in writers.get("per_style", {}).items() if v.get("accuracy") is not None
+    }
+    weakest = min(styles.items(), key=lambda kv: kv[1]["accuracy"], default=None)
+    return (
+        f"accuracy {_percent(writers.get('accuracy'))} on {writers.get('count', '?')} digits by "
+        f"other writers, captured small ({len(styles)} styles, {writers.get('refused', 0)} "
+        "refused)"
+        + (f"; weakest {weakest[0]} {_percent(weakest[1]['accuracy'])}" if weakest else "")
+    )
+
+
 AliasOpt = Annotated[str, typer.Option("--alias", help="Alias to act on.")]
 
 
@@ -373,12 +606,16 @@ def models_promote(
         bool,
         typer.Option(
             "--force",
-            help="Promote even if its golden accuracy is worse (never skips the "
+            help="Promote even if its golden or held-out accuracy is worse (never skips the "
             "integrity and safe-loading checks).",
         ),
     ] = False,
     tolerance: Annotated[
-        float, typer.Option(help="Allowed golden-accuracy drop versus the current target.")
+        float,
+        typer.Option(
+            help="Allowed accuracy drop versus the current target, on the golden set and on "
+            "the cards' held-out rows."
+        ),
     ] = 0.002,
     reason: Annotated[str, typer.Option(help="Why: recorded in the alias history.")] = "",
     golden: Annotated[
@@ -386,7 +623,8 @@ def models_promote(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verify, safely load and score a version on the golden set, then point an alias at it."""
+    """Verify, safely load and score a version on the golden set, compare its card's held-out
+    accuracy with the current target's, then point an alias at it."""
     from digits.core.db import upgrade
     from model_store.promotion import PromotionError, promote
 
@@ -404,13 +642,19 @@ def models_promote(
         else ""
     )
     scores = f"golden accuracy {result.accuracy:.2%}{base} on {result.golden_rows} rows"
+    if result.held_out_accuracy is not None and result.baseline_held_out_accuracy is not None:
+        scores += (
+            f"; held-out {result.held_out_accuracy:.2%} vs {result.baseline_held_out_accuracy:.2%}"
+            f" on {result.held_out_rows} rows"
+        )
     if not result.moved:
         typer.echo(f"{alias} already points at v{version} ({scores})")
         return
     was = f"was v{result.previous}" if result.previous is not None else "was unset"
     typer.echo(f"{alias} → v{version} ({was}): {scores}")
     if result.forced:
-        typer.secho("forced: the golden accuracy gate was overridden", fg="yellow", err=True)
+        gates = " and ".join(result.overridden)
+        typer.secho(f"forced: the {gates} accuracy gate was overridden", fg="yellow", err=True)
     if result.note:
         typer.secho(f"note: {result.note}", fg="yellow", err=True)
 
@@ -444,8 +688,9 @@ def models_evaluate(
     as_json: JsonOpt = False,
 ) -> None:
     """Re-measure a version on the fixed held-out rows: accuracy, errors, ECE, review coverage;
-    for an ensemble also each member's errors, how many of the ensemble's every member shares,
-    and which rows it gets wrong."""
+    the same on the cross-writer check (digits by other writers, captured at low resolution),
+    with accuracy per style; for an ensemble also each member's errors, how many of the
+    ensemble's every member shares, and which rows it gets wrong."""
     source = _labelled_data(data)
     from digits.core.csv_input import CsvFileError
     from model_store.evaluation import measure
@@ -455,7 +700,8 @@ def models_evaluate(
         with (
             console().status(
                 f"scoring v{version} on the held-out rows of {source.name}"
-                + (", then as rendered scans" if scans else ""),
+                + (", then as rendered scans" if scans else "")
+                + ", then on the cross-writer set",
                 spinner="dots",
             )
             if not as_json
@@ -477,6 +723,35 @@ def models_evaluate(
                 f"coverage {_percent(review['coverage'])}, accuracy "
                 f"{_percent(review['accuracy_above'])}"
             )
+    writers = result.get("cross_writer", {})
+    if "unavailable" in writers:
+        typer.echo(f"v{version} cross-writer: not measured: {writers['unavailable']}")
+    elif writers:
+        review = writers["review_threshold"]
+        typer.echo(
+            f"v{version} cross-writer {writers['accuracy']:.4%} ({writers['errors']} errors / "
+            f"{writers['count']}, {writers['refused']} refused), ECE {writers['ece_before']:.4f}"
+            f" → {writers['ece_after']:.4f}; at {review['threshold']}: coverage "
+            f"{_percent(review['coverage'])}, accuracy {_percent(review['accuracy_above'])}"
+        )
+        typer.echo(
+            f"v{version} cross-writer by style: "
+            + ", ".join(
+                f"{name} {_percent(m['accuracy'])}" for name, m in writers["per_style"].items()
+            )
+        )
+        if writers.get("missing_fonts"):
+            typer.echo(
+                f"v{version} cross-writer left out (fonts not installed): "
+                + "; ".join(writers["missing_fonts"])
+            )
+    clutter = result.get("clutter")
+    if clutter:
+        typer.echo(
+            f"v{version} clutter {clutter['accuracy']:.2%} right of {clutter['count']} "
+            f"cluttered scans, {clutter['confident_wrong']} confidently wrong; by kind: "
+            + ", ".join(f"{kind} {_percent(k['accuracy'])}" for kind, k in clutter["kinds"].items())
+        )
     if "members" in result:
         m = result["members"]
         typer.echo(

@@ -265,6 +265,7 @@ RESULT_COLUMNS = [
     "error",
     "reviewed_label",  # a person's current decision (digits.core.reviews), if any
     "final_label",  # what the exports write: the reviewed label, else the predicted one
+    "review_reason",  # why it is flagged beyond a low confidence (digit finder's doubt), if so
 ]
 
 
@@ -294,6 +295,7 @@ def results_query(
             ItemError.reason,
             decision.label,
             func.coalesce(decision.label, Prediction.label),
+            Prediction.review_reason,
         )
         .join(Batch, Batch.id == Item.batch_id)
         # a duplicate shows the prediction of the item it repeats

@@ -121,6 +121,8 @@ class Prediction(Base):
     confidence: Mapped[float] = mapped_column(Float)
     margin: Mapped[float] = mapped_column(Float)
     needs_review: Mapped[bool] = mapped_column(Boolean)
+    # why the item is flagged beyond a low confidence (e.g. two digit-sized marks on the page)
+    review_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     p0: Mapped[float] = mapped_column(Float)
     p1: Mapped[float] = mapped_column(Float)
     p2: Mapped[float] = mapped_column(Float)

@@ -115,6 +115,9 @@ class ResultRow(BaseModel):
     error: str | None
     reviewed_label: int | None = Field(description="A person's current label, if any.")
     final_label: int | None = Field(description="reviewed_label if any, else label.")
+    review_reason: str | None = Field(
+        default=None, description="Why it is flagged beyond a low confidence, if so."
+    )
 
 
 class ResultsPage(BaseModel):
@@ -130,6 +133,7 @@ class PredictionOut(BaseModel):
     confidence: float
     margin: float
     needs_review: bool
+    review_reason: str | None = None
     probabilities: list[float] = Field(description="Calibrated probability of 0, 1, …, 9.")
     top3: list[tuple[int, float]]
     created_at: str | None
@@ -164,6 +168,7 @@ class ItemOut(BaseModel):
     label: int | None
     confidence: float | None
     needs_review: bool | None
+    review_reason: str | None = None
     probabilities: list[float] | None
     reviewed_label: int | None
     final_label: int | None

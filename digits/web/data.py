@@ -30,7 +30,7 @@ PAGE_SIZES = (24, 48, 96)
 PAGE_SIZE = 48
 API_LIMIT = 1000
 """Most rows one API call returns (page on with ``offset``)."""
-RESULT_FIELDS = [*RESULT_COLUMNS, "reviewed_label", "final_label"]
+RESULT_FIELDS = list(RESULT_COLUMNS)  # it carries reviewed_label and final_label already
 
 
 # ---------------------------------------------------------------- filters
@@ -437,6 +437,7 @@ def item_detail(item_id: int) -> dict[str, Any] | None:
                 "confidence": p.confidence,
                 "margin": p.margin,
                 "needs_review": p.needs_review,
+                "review_reason": p.review_reason,
                 "probabilities": [float(getattr(p, c)) for c in PROBABILITY_COLUMNS],
                 "top3": top3([float(getattr(p, c)) for c in PROBABILITY_COLUMNS]),
                 "created_at": aware(p.created_at).isoformat() if p.created_at else None,
@@ -471,6 +472,7 @@ def item_detail(item_id: int) -> dict[str, Any] | None:
         "label": label,
         "confidence": pinned["confidence"] if pinned else None,
         "needs_review": pinned["needs_review"] if pinned else None,
+        "review_reason": pinned["review_reason"] if pinned else None,
         "probabilities": pinned["probabilities"] if pinned else None,
         "reviewed_label": reviewed,
         "final_label": reviewed if reviewed is not None else label,

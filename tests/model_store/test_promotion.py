@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from digits.core.db import session
 from digits.core.schema import Batch, Chunk, Item, Prediction
 from model_store.aliases import alias_target, history, resolve_active
-from model_store.promotion import PromotionError, promote
+from model_store.promotion import DEFAULT_TOLERANCE, PromotionError, promote
 from model_store.registry import ModelVersion, default_version, register
 from tests.conftest import write_csv
 
@@ -107,6 +107,64 @@ def test_unknown_version_and_other_alias(db: Path) -> None:
     assert alias_target("candidate") == candidate and alias_target("production") is None
 
 
+def default_with_held_out_errors(extra: int, **card: Any) -> ModelVersion:
+    """The bundled model registered again under a card that claims ``extra`` more held-out
+    errors than the bundled card (and any other ``card`` fields): the held-out gate reads
+    cards, and the golden gate sees the same model, so only the held-out gate can differ."""
+    bundled = default_version()
+    validation = bundled.card["validation"]
+    errors = validation["errors"] + extra
+    return register(
+        bundled.model_file,
+        {
+            **{k: v for k, v in bundled.card.items() if k not in ("sha256", "version")},
+            "validation": {
+                **validation,
+                "errors": errors,
+                "accuracy": 1 - errors / validation["count"],
+            },
+            **card,
+        },
+    )
+
+
+def test_held_out_gate_refuses_a_card_below_the_target_unless_forced(db: Path) -> None:
+    base = default_version()
+    rows = base.card["validation"]["count"]
+    beyond = int(DEFAULT_TOLERANCE * rows) + 1  # one error more than the tolerance allows
+    worse = default_with_held_out_errors(beyond)
+    claimed = worse.card["validation"]["accuracy"]
+    with pytest.raises(PromotionError) as refused:
+        promote(worse.version)
+    message = str(refused.value)
+    assert "held-out accuracy" in message and "use --force" in message
+    assert f"{claimed:.2%}" in message and f"{base.card['validation']['accuracy']:.2%}" in message
+    assert history("production") == []
+
+    result = promote(worse.version, force=True, reason="held-out test")
+    assert result.moved and result.forced and result.overridden == ("held-out",)
+    assert result.accuracy == result.baseline_accuracy  # the same model on the golden set
+    assert result.held_out_accuracy == claimed and result.held_out_rows == rows
+    assert result.baseline_held_out_accuracy == base.card["validation"]["accuracy"]
+    assert history("production")[0].reason.endswith("[forced]")
+
+
+def test_held_out_gate_within_tolerance_and_when_not_comparable(db: Path) -> None:
+    base = default_version()
+    within = default_with_held_out_errors(int(DEFAULT_TOLERANCE * base.card["validation"]["count"]))
+    result = promote(within.version)
+    assert result.moved and not result.forced and result.note == ""
+    assert result.held_out_accuracy == within.card["validation"]["accuracy"]
+    assert result.baseline_held_out_accuracy == base.card["validation"]["accuracy"]
+
+    other_file = default_with_held_out_errors(
+        100, training_data={**base.card["training_data"], "sha256": "0" * 64}
+    )
+    result = promote(other_file.version)
+    assert result.moved and not result.forced and result.baseline_held_out_accuracy is None
+    assert result.note.startswith("no held-out comparison:") and "different files" in result.note
+
+
 runner = CliRunner()
 
 
@@ -119,6 +177,7 @@ def test_cli_refusal_is_one_red_line_without_traceback(db: Path, tmp_path: Path)
     for args in (
         ["models", "promote", str(tampered.version), "--force"],
         ["models", "promote", str(worse)],
+        ["models", "promote", str(default_with_held_out_errors(100).version)],
     ):
         result = runner.invoke(app, args)
         assert result.exit_code == 1, result.output
