@@ -345,3 +345,14 @@ def test_plan_replays_only_training_rows_and_warns_about_another_base_file(home:
         f"{len(split.y_val)} rows of sample.csv.gz are held-out rows" in w for w in checked.warnings
     )
     assert checked.recipe.label_smoothing == get_version(PARENT).card["training"]["label_smoothing"]
+
+
+@pytest.mark.parametrize("writers", [None, True, False])
+def test_fine_tuning_keeps_the_parents_augmentation_unless_writers_is_given(
+    home: Path, writers: bool | None
+) -> None:
+    """v4 trained without the writer augmentation: --from keeps that, --writers adds it (how
+    a candidate for the next bundled version is made), --no-writers keeps it off."""
+    checked = plan(FineTuneConfig(PARENT, SAMPLE, SAMPLE, replay=0, writers=writers))
+    assert checked.recipe.writers is bool(writers)
+    assert checked.recipe.degrade is True  # the rest of v4's recipe is unchanged

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from digits.core.clutter_scans import CLUTTER_KINDS
 from model_store.evaluation import evaluate
 from model_store.registry import default_version, list_versions
 from tests.conftest import SAMPLE
@@ -342,6 +343,12 @@ def test_models_evaluate_re_measures_a_version_on_the_held_out_rows(home: Path) 
     assert clean["errors"] == round((1 - clean["accuracy"]) * 20)
     assert scans["count"] + scans["refused"] == 20
     assert 0 <= scans["review_threshold"]["coverage"] <= 1
+    clutter = measured["clutter"]  # every kind of clutter, on the same 20 held-out rows
+    assert list(clutter["kinds"]) == list(CLUTTER_KINDS)
+    assert all(k["count"] == 20 for k in clutter["kinds"].values())
+    assert clutter["count"] == 20 * len(CLUTTER_KINDS)
+    wrong = clutter["count"] - sum(k["right"] for k in clutter["kinds"].values())
+    assert 0 <= clutter["confident_wrong"] <= wrong
     members = measured["members"]  # the bundled version is an ensemble
     assert len(members["member_errors"]) == int(default_version().card["architecture"].split()[2])
     assert members["ensemble_errors"] == clean["errors"] == len(members["error_rows"])
