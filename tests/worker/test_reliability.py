@@ -57,16 +57,16 @@ CRASH_HOOK = f"""
 import os, signal, time
 import digits.core.images as _images
 
-_decode = _images.image_to_tensor
+_decode = _images.image_to_digit
 
-def image_to_tensor(data, *args, **kwargs):
+def image_to_digit(data, *args, **kwargs):
     if bytes(data[:{len(CRASH_MARK)}]) == {CRASH_MARK!r}:
         os.kill(os.getpid(), signal.SIGKILL)
     while bytes(data[:{len(HANG_MARK)}]) == {HANG_MARK!r}:
         time.sleep(1)
     return _decode(data, *args, **kwargs)
 
-_images.image_to_tensor = image_to_tensor
+_images.image_to_digit = image_to_digit
 """
 
 
