@@ -420,7 +420,7 @@ def normalize_digit(gray: NDArray[Any]) -> FloatImage:
     resample to ~WORK_SIDE px (speed); model the paper's uneven lighting from the border and
     take polarity from which side of it the ink lies; subtract the paper and scale by the ink
     contrast; soft threshold (removes texture and noise, saturates strokes like MNIST); crop
-    to the main ink mass (projection runs ignore specks far away); fit into 20x20 with
+    to the digit the finder picks out (``find_digit``: panels, rules, fragments); fit into 20x20 with
     anti-aliasing; put the centre of mass on the field centre.  No deskewing: measured, it
     cost accuracy (the classifier learnt MNIST's natural slant).  Raises
     ``Rejected('blank')`` when there is no ink.
@@ -874,71 +874,6 @@ def _runs(index: NDArray[np.intp]) -> list[tuple[int, int]]:
     starts = np.concatenate(([index[0]], index[breaks + 1]))
     stops = np.concatenate((index[breaks], [index[-1]])) + 1
     return [(int(a), int(b)) for a, b in zip(starts, stops, strict=True)]
-
-
-def _main_run(profile: NDArray[np.float32]) -> tuple[int, int] | None:
-    """The span of the main ink mass along one axis of a projection profile.
-
-    Start from the heaviest run of non-empty entries and absorb neighbouring runs that are
-    close (relative to the span so far) and not negligible in mass: a detached stroke, like
-    the flag of a 5, joins; a dust speck further out, or tiny, does not.
-    """
-    idx = np.flatnonzero(profile > 0.5)
-    if idx.size == 0:
-        return None
-    breaks = np.flatnonzero(np.diff(idx) > 2)
-    starts = np.concatenate(([idx[0]], idx[breaks + 1]))
-    ends = np.concatenate((idx[breaks], [idx[-1]])) + 1
-    cum = np.concatenate(([0.0], np.cumsum(profile, dtype=np.float64)))
-    masses = cum[ends] - cum[starts]
-    lo = hi = int(np.argmax(masses))
-    mass = float(masses[lo])
-    while True:
-        extent = int(ends[hi] - starts[lo])
-        reach = max(2.0, 0.5 * extent)
-        grown = False
-        if lo > 0 and starts[lo] - ends[lo - 1] <= reach and masses[lo - 1] >= 0.04 * mass:
-            lo -= 1
-            mass += float(masses[lo])
-            grown = True
-        last = len(starts) - 1
-        if hi < last and starts[hi + 1] - ends[hi] <= reach and masses[hi + 1] >= 0.04 * mass:
-            hi += 1
-            mass += float(masses[hi])
-            grown = True
-        if not grown:
-            return int(starts[lo]), int(ends[hi])
-
-
-def _main_box(ink: FloatImage) -> tuple[int, int, int, int] | None:
-    """Bounding box of the main ink mass, robust to specks and smudges elsewhere.
-
-    Alternating row/column projection runs stand in for connected components (which would
-    need a per-pixel Python loop): a speck separated from the digit by an empty band of
-    rows or columns falls in another run and is dropped.  Returns None for a blank page.
-    """
-    h, w = ink.shape
-    solid = (ink > 0.5).astype(np.float32)
-    if not solid.any():
-        return None
-    r0, r1, c0, c1 = 0, h, 0, w
-    for _ in range(2):
-        rows = _main_run(solid[:, c0:c1].sum(axis=1))
-        if rows is None:
-            return None
-        r0, r1 = rows
-        cols = _main_run(solid[r0:r1].sum(axis=0))
-        if cols is None:
-            return None
-        c0, c1 = cols
-    if max(r1 - r0, c1 - c0) < max(4, MIN_EXTENT * min(h, w)):
-        return None
-    # Widen to the stroke's soft rim, so the rim's anti-aliasing is scaled in, not cut off.
-    r0, c0 = max(0, r0 - 2), max(0, c0 - 2)
-    r1, c1 = min(h, r1 + 2), min(w, c1 + 2)
-    rim = ink[r0:r1, c0:c1] > BOX_LEVEL
-    ys, xs = np.flatnonzero(rim.any(axis=1)), np.flatnonzero(rim.any(axis=0))
-    return r0 + int(ys[0]), r0 + int(ys[-1]) + 1, c0 + int(xs[0]), c0 + int(xs[-1]) + 1
 
 
 def _fit_and_centre(crop: FloatImage) -> FloatImage:
