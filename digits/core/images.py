@@ -421,8 +421,8 @@ def normalize_digit(gray: NDArray[Any]) -> FloatImage:
     take polarity from which side of it the ink lies; subtract the paper and scale by the ink
     contrast; soft threshold (removes texture and noise, saturates strokes like MNIST); crop
     to the digit the finder picks out (``find_digit``: panels, rules, fragments); fit into
-    20x20 with anti-aliasing; put the centre of mass on the field centre.  No deskewing: measured, it
-    cost accuracy (the classifier learnt MNIST's natural slant).  Raises
+    20x20 with anti-aliasing; put the centre of mass on the field centre.  No deskewing:
+    measured, it cost accuracy (the classifier learnt MNIST's natural slant).  Raises
     ``Rejected('blank')`` when there is no ink.
     """
     return find_digit(gray).tensor[:, :, 0]
