@@ -454,7 +454,7 @@ def find_digit(gray: NDArray[Any]) -> Digit:
         r0, r1, c0, c1 = inner
         g = g[r0:r1, c0:c1]
         levels.append(_ink_map(g))
-    found = _digit_mask(levels[-1])
+    found = _digit_mask(levels[-1], framed=len(levels) > 1)
     if found is None:
         raise Rejected("no digit inside the frame" if len(levels) > 1 else "blank")
     crop, doubt = found
@@ -731,7 +731,7 @@ def _edge_run(line: NDArray[np.bool_]) -> int:
 _EIGHT = np.ones((3, 3), bool)
 
 
-def _digit_mask(ink: FloatImage) -> tuple[FloatImage, str | None] | None:
+def _digit_mask(ink: FloatImage, framed: bool = False) -> tuple[FloatImage, str | None] | None:
     """Which ink is the digit: its crop of ``ink`` (other marks erased) and a doubt.
 
     Connected marks of solid ink are judged one by one: ruled lines and a frame's sides (rows
@@ -741,6 +741,12 @@ def _digit_mask(ink: FloatImage) -> tuple[FloatImage, str | None] | None:
     the heaviest remaining mark plus the marks near it (the detached flag of a 5, a broken
     stroke); specks and far marks are dropped. A second mark that could itself be a digit
     leaves the item in doubt. None for a page with no ink.
+
+    ``framed``: ``ink`` is the inside of a panel (a drawn box, a plot's axes), whose edge is
+    the frame's line, not the page's: a digit written close to the line (a 7's bar just under
+    the box's top) touches it once the finder has stepped over the line. Such a mark is not
+    the digit on its own, but it joins the digit when near it, unless it is thin along the
+    edge (what is left of the frame's line).
     """
     h, w = ink.shape
     solid = ink > 0.5
@@ -759,6 +765,7 @@ def _digit_mask(ink: FloatImage) -> tuple[FloatImage, str | None] | None:
     sizes[sizes < 0.04 * sizes.max()] = 0.0
     boxes = ndimage.find_objects(labels)
     edge = np.zeros(count, bool)
+    inner_edge = np.zeros(count, bool)  # framed: set aside as the digit, may join it
     blot = np.zeros(count, bool)
     for i, where in enumerate(boxes):
         if where is None or sizes[i] == 0.0:
@@ -774,6 +781,7 @@ def _digit_mask(ink: FloatImage) -> tuple[FloatImage, str | None] | None:
         off_centre = not (h / 4 <= cy <= 3 * h / 4 and w / 4 <= cx <= 3 * w / 4)
         round_page = bh >= 0.8 * h and bw >= 0.8 * w and sizes[i] < 0.3 * bh * bw
         edge[i] = touches and (off_centre or round_page)
+        inner_edge[i] = framed and edge[i] and not round_page and min(bh, bw) >= max(bh, bw) / 8
         round_ = 0.6 <= bh / bw <= 1.6 if bw else False
         blot[i] = round_ and sizes[i] >= HOLE_FILL * bh * bw and sizes[i] >= 12
     weight = sizes.copy()
@@ -781,8 +789,9 @@ def _digit_mask(ink: FloatImage) -> tuple[FloatImage, str | None] | None:
     if not keep.any() or weight[keep].max() < 0.1 * weight.max():
         keep = ~blot if (~blot).any() else np.ones(count, bool)
     near_only = blot & keep.any()  # a blot joins the digit only if it (nearly) touches it
-    weight[~keep & ~near_only] = 0.0
-    main = int(np.argmax(np.where(near_only, 0.0, weight)))
+    joins_only = inner_edge & ~keep & keep.any()
+    weight[~keep & ~near_only & ~joins_only] = 0.0
+    main = int(np.argmax(np.where(near_only | joins_only, 0.0, weight)))
     r0, r1 = boxes[main][0].start, boxes[main][0].stop
     c0, c1 = boxes[main][1].start, boxes[main][1].stop
     chosen = {main}

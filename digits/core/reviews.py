@@ -216,6 +216,7 @@ class QueueItem:
     confidence: float
     model_version: int
     top3: list[tuple[int, float]]
+    review_reason: str | None = None  # why the digit finder doubted the page, if it did
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -263,6 +264,7 @@ def _queue_item(item: Item, pred: Prediction) -> QueueItem:
         confidence=float(pred.confidence),
         model_version=pred.model_version,
         top3=[(d, probs[d]) for d in top],
+        review_reason=pred.review_reason,
     )
 
 

@@ -50,9 +50,10 @@ def test_every_kind_of_clutter_is_scored_right_or_sent_to_review() -> None:
         # the digit was found: most of each kind is right (v4 scored 8-20 % on frames, screens
         # and plots before the digit finder) ...
         assert k["accuracy"] >= 0.85, (kind, k)
-        # ... and what is wrong is almost always flagged or refused with a reason
-        assert k["confident_wrong"] <= 0.03 * k["count"], (kind, k)
-    assert result["confident_wrong"] <= 0.01 * result["count"]
+    # ... and what is wrong is flagged or refused with a reason: on these 1,100 pictures, no
+    # confident wrong answer at all (other seeds of the generator leave 0-5 of 1,100, the
+    # screen kind most: docs/scans.md)
+    assert result["confident_wrong"] == 0, result["kinds"]
 
 
 def _origin_picture(digit: np.ndarray) -> bytes:

@@ -141,6 +141,9 @@
     const decidedBadge = $("item-decided");
     decidedBadge.hidden = decided === undefined;
     decidedBadge.textContent = decided === undefined ? "" : "you said " + decided;
+    const reason = $("item-reason");
+    reason.hidden = !item.review_reason;
+    reason.textContent = item.review_reason ? "why: " + item.review_reason : "";
     $("item-label").textContent = String(item.label);
     $("item-confidence").textContent = percent(item.confidence);
     const body = document.querySelector("#top3 tbody");

@@ -43,6 +43,13 @@ def test_the_queue_json_pages_flagged_items_least_confident_first(
     web: WebServer, sample_rows: list[str]
 ) -> None:
     batch = flagged_batch(sample_rows, 30)
+    reason = "several digit-sized marks on the page"
+    with session(write=True) as sess:
+        sess.execute(
+            update(Prediction)
+            .where(Prediction.item_id == batch.item_ids[1])
+            .values(review_reason=reason)
+        )
     with web.client() as client:
         first = client.get("/review/queue.json", params={"batch": batch.batch_id, "limit": 10})
         assert first.status_code == 200
@@ -55,6 +62,8 @@ def test_the_queue_json_pages_flagged_items_least_confident_first(
         assert item["model_url"] == f"/items/{item['item_id']}/model.png"
         assert item["label"] == batch.predicted[0] and len(item["top3"]) == 3
         assert item["top3"][0][0] == item["label"]
+        # why the digit finder doubted the page, for the person deciding
+        assert [i["review_reason"] for i in data["items"][:3]] == [None, reason, None]
         second = client.get(
             "/review/queue.json", params={"batch": batch.batch_id, "offset": 10, "limit": 10}
         ).json()

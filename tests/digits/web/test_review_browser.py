@@ -18,10 +18,11 @@ from sqlalchemy import select, update
 from webserver import WebServer
 
 from digits.core.db import session
-from digits.core.schema import Item, Review
+from digits.core.schema import Item, Prediction, Review
 
 ROOT = Path(__file__).resolve().parents[3]
 XSS = "<img src=x onerror=alert(1)>.png"
+REASON = "no clear digit: the mark found is a solid blob"
 
 
 def review_rows(batch: Flagged) -> list[tuple[int, int | None, str]]:
@@ -80,6 +81,9 @@ def test_review_20_flagged_items_with_the_keyboard_only(
     ids, truth, model = batch.item_ids, batch.truth, batch.predicted
     with session(write=True) as sess:
         sess.execute(update(Item).where(Item.id == ids[0]).values(source_ref=XSS))
+        sess.execute(
+            update(Prediction).where(Prediction.item_id == ids[1]).values(review_reason=REASON)
+        )
     alerts: list[str] = []
     page.on("dialog", lambda d: (alerts.append(d.message), d.dismiss()))
     page.goto(f"{web.url}/review?batch={batch.batch_id}")
@@ -89,10 +93,13 @@ def test_review_20_flagged_items_with_the_keyboard_only(
     assert page.text_content("#count-flagged") == "120"
     assert page.text_content("#item-label") == str(model[0])
     assert page.is_visible("#key-legend")
+    assert not page.is_visible("#item-reason")  # flagged for low confidence: no finder doubt
 
     expected: list[tuple[int, int | None, str]] = []
     for k in range(20):
         item = ids[k]
+        if k == 1:
+            assert page.text_content("#item-reason") == f"why: {REASON}"
         if k == 2:
             page.keyboard.press("s")  # skipped: no row, still waiting
             showing(page, ids[k + 1])
