@@ -20,7 +20,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from digits.core.settings import get_settings
-from model_store.loading import configure_threads, load
+from model_store.ceiling import inference_path
+from model_store.loading import load_for_path
+from model_store.null_model import NullModel
 from model_store.registry import ModelVersion, get_version
 
 log = logging.getLogger("digits.worker")
@@ -35,16 +37,42 @@ _last_used: dict[int, float] = {}
 def model_for(version: int) -> tuple[ModelVersion, Any]:
     """The loaded model for ``version`` (hash-verified, safe mode), cached per process."""
     cached = _models.get(version)
+    if cached is None and get_settings().null_model:
+        # benchmark only (`digits bench --null-model`, in a bench database the settings
+        # check): the version's card and temperature, a constant model, no TensorFlow
+        log.warning("model version %d: NULL MODEL (benchmark only): constant output", version)
+        cached = (get_version(version), NullModel())
+        _models[version] = cached
     if cached is None:
-        configure_threads(get_settings().threads_per_worker())
         meta = get_version(version)
-        cached = (meta, warm(load(meta)))  # may raise: then nothing below runs or is dropped
+        # may raise (a tampered model.keras or model.int8.tflite: ModelError, the chunk fails
+        # with its reason): then nothing below runs or is dropped
+        model = load_for_path(meta, chosen_path(meta), get_settings().threads_per_worker())
+        cached = (meta, warm(model))
         _models[version] = cached
         _last_used[version] = time.monotonic()
         evict_idle(keep=version)
     else:
         _last_used[version] = time.monotonic()
     return cached
+
+
+def chosen_path(meta: ModelVersion) -> str:
+    """The inference path DIGITS_INFERENCE_PATH names, for a version whose card records that
+    path as checked (labels and calibration on the held-out rows) with its stored artefact;
+    any other version runs float32. The artefact's hash is checked when it loads."""
+    settings = get_settings()
+    path = inference_path(meta.card, settings.inference_path)
+    if path != settings.inference_path:
+        # a new version has no checked int8 file until `digits models speed V --record`
+        log.info(
+            "model version %d: inference path %s not checked with a stored artefact on its "
+            "card; using float32",
+            meta.version,
+            settings.inference_path,
+        )
+    log.info("model version %d runs on the %s inference path", meta.version, path)
+    return path
 
 
 def warm(model: Any) -> Any:

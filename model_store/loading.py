@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from model_store.registry import ModelError, ModelVersion, verify
+from model_store.registry import ModelError, ModelVersion, verify, verify_file
+from model_store.tflite import TFLiteModel
 
 
 def configure_threads(threads: int) -> None:
@@ -32,6 +33,43 @@ def load(version: ModelVersion) -> Any:
     if tuple(model.input_shape[1:]) != (28, 28, 1) or tuple(model.output_shape[1:]) != (10,):
         raise ModelError(
             f"model version {version.version} has signature {model.input_shape} → "
+            f"{model.output_shape}; expected (None, 28, 28, 1) → (None, 10)"
+        )
+    return model
+
+
+def load_for_path(version: ModelVersion, path: str, threads: int) -> Any:
+    """The model as inference ``path`` runs it with ``threads`` threads: the Keras model for
+    float32 (TensorFlow's pools limited first), else the stored TFLite artefact (no TensorFlow).
+    """
+    if path == "float32":
+        configure_threads(threads)
+        return load(version)
+    return load_tflite(version, path, threads)
+
+
+def load_tflite(version: ModelVersion, path: str, threads: int | None = None) -> Any:
+    """The stored TFLite artefact of inference ``path`` (``model.int8.tflite``), hash-checked
+    against the card exactly as ``load`` checks ``model.keras``, and run by LiteRT: no Keras
+    load, no conversion, no TensorFlow import. A card without the artefact, a missing file or
+    a mismatched hash raises ``ModelError`` (a tampered file is refused, never worked around)."""
+    artefact = version.artefact(path)
+    if artefact is None:
+        raise ModelError(
+            f"model version {version.version}: no stored artefact for the {path} inference "
+            f"path (run `digits models speed {version.version} --record`)"
+        )
+    file, expected = artefact
+    verify_file(version, file, expected)
+    try:
+        model = TFLiteModel.from_bytes(file.read_bytes(), threads)
+    except Exception as exc:  # LiteRT raises ValueError/RuntimeError for a broken flatbuffer
+        raise ModelError(
+            f"model version {version.version}: {file.name} not loadable: {exc}"
+        ) from exc
+    if tuple(model.input_shape[1:]) != (28, 28, 1) or tuple(model.output_shape[1:]) != (10,):
+        raise ModelError(
+            f"model version {version.version}: {file.name} has signature {model.input_shape} → "
             f"{model.output_shape}; expected (None, 28, 28, 1) → (None, 10)"
         )
     return model

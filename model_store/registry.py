@@ -21,6 +21,8 @@ from digits.core.settings import get_settings
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "versions"
 MODEL_FILE = "model.keras"
+#: The stored TFLite conversion with int8 weights (`digits models speed V --record`).
+INT8_FILE = "model.int8.tflite"
 CARD_FILE = "card.json"
 
 
@@ -42,6 +44,14 @@ class ModelVersion:
     @property
     def sha256(self) -> str:
         return str(self.card["sha256"])
+
+    def artefact(self, path: str) -> tuple[Path, str] | None:
+        """The stored file and recorded sha256 of an inference path's artefact (e.g.
+        ``model.int8.tflite`` for ``tflite-int8-dynamic``), or None if the card records none."""
+        entry = self.card.get("inference_paths", {}).get(path, {})
+        if not entry.get("file") or not entry.get("sha256"):
+            return None
+        return self.path / Path(entry["file"]).name, str(entry["sha256"])
 
     @property
     def temperature(self) -> float:
@@ -121,21 +131,32 @@ def default_version() -> ModelVersion:
 
 def verify(version: ModelVersion) -> None:
     """Refuse a model whose artifact does not match the sha256 recorded in its card."""
-    if not version.model_file.is_file():
-        raise ModelError(f"model version {version.version}: {MODEL_FILE} is missing")
-    actual = sha256_file(version.model_file)
-    if actual != version.sha256:
+    verify_file(version, version.model_file, version.sha256)
+
+
+def verify_file(version: ModelVersion, path: Path, expected: str) -> None:
+    """Refuse ``path`` (the model or a stored conversion of it) unless its sha256 is the one
+    the version's card records: missing and mismatched files raise ``ModelError``."""
+    if not path.is_file():
+        raise ModelError(f"model version {version.version}: {path.name} is missing")
+    actual = sha256_file(path)
+    if actual != expected:
         raise ModelError(
-            f"model version {version.version}: sha256 mismatch "
-            f"(card {version.sha256[:12]}…, file {actual[:12]}…): refusing to load"
+            f"model version {version.version}: {path.name} sha256 mismatch "
+            f"(card {expected[:12]}…, file {actual[:12]}…): refusing to load"
         )
 
 
 def register(model_file: Path, card: dict[str, Any], root: Path | None = None) -> ModelVersion:
-    """Copy a saved ``.keras`` file in as the next version; returns the new version."""
+    """Copy a saved ``.keras`` file in as the next version; returns the new version.
+
+    Only the ``.keras`` file is copied, so a card's ``inference_paths`` (figures and stored
+    artefacts of another folder) are dropped: `digits models speed V --record` checks and
+    stores them for the new version."""
     root = root or get_settings().local_models_dir
     root.mkdir(parents=True, exist_ok=True)
-    card = {**card, "sha256": sha256_file(model_file)}
+    card = {k: v for k, v in card.items() if k != "inference_paths"}
+    card["sha256"] = sha256_file(model_file)
     tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=root))
     tmp.chmod(0o755)  # mkdtemp makes 0700; workers may run as another user
     shutil.copyfile(model_file, tmp / MODEL_FILE)

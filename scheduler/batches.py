@@ -1,9 +1,9 @@
 """Turning inputs into batches: items in the database, chunks staged and queued.
 
-A CSV is streamed block by block; each block becomes one chunk whose rows are staged as a
-``.npy`` file (gzip cannot seek, and re-parsing text in every worker would cost more than the
-model). Each chunk is committed before its message is sent, so a worker never sees a chunk id
-the database does not know.
+A CSV is streamed block by block; each block becomes one chunk whose rows are staged as
+``.npy`` bytes (gzip cannot seek, and re-parsing text in every worker would cost more than the
+model), in a folder or in the database (digits/core/staging.py). Each chunk is committed
+before its message is sent, so a worker never sees a chunk id the database does not know.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
+from digits.core import staging
 from digits.core.csv_input import NO_LABEL, CsvFileError, read_blocks
 from digits.core.db import session
 from digits.core.processes import this_process
@@ -106,16 +107,9 @@ def create_batch(source: str, kind: str, model: ModelVersion, source_sha256: str
 
 
 def stage(batch_id: int, seq: int, pixels: NDArray[np.uint8]) -> str:
-    """Write a chunk's rows atomically; returns the reference stored on the chunk."""
-    root = get_settings().staging_dir
-    folder = root / f"b{batch_id}"
-    folder.mkdir(parents=True, exist_ok=True)
-    ref = f"b{batch_id}/c{seq}.npy"
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        np.save(fh, pixels, allow_pickle=False)
-    os.replace(tmp, root / ref)
-    return ref
+    """Stage a chunk's rows (in the folder or the database: ``DIGITS_STAGING``, see
+    digits/core/staging.py); returns the reference stored on the chunk."""
+    return staging.put(batch_id, seq, pixels)
 
 
 def add_chunk(

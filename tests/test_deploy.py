@@ -59,6 +59,13 @@ def test_app_services_share_volumes_and_use_declared_ones() -> None:
     assert SERVICES["worker"]["command"] == ["worker"]
 
 
+@pytest.mark.parametrize("name", ["migrate", "worker", "scheduler", "web"])
+def test_csv_batches_are_staged_in_the_database(name: str) -> None:
+    """A worker on another machine needs no shared volume for CSV batches (issue 24)."""
+    assert SERVICES[name]["environment"]["DIGITS_STAGING"] == "database"
+    assert SERVICES[name]["environment"]["DIGITS_DATABASE_URL"].startswith("postgresql")
+
+
 def test_no_secret_in_compose() -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     assert re.search(r"PASSWORD:\s*\$\{POSTGRES_PASSWORD:\?", text)

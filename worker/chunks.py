@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import select, update
 
+from digits.core import staging
 from digits.core.db import aware, insert_ignore, session
 from digits.core.images import Digit, Rejected, image_to_digit
 from digits.core.preprocess import rows_to_tensor, stack
@@ -169,16 +170,9 @@ def release(chunk_id: int, error: str) -> None:
         )
 
 
-def inside(path: Path, root: Path) -> bool:
-    try:
-        return path.resolve().is_relative_to(root.resolve())
-    except OSError:
-        return False
-
-
 def read_inputs(found: Claim) -> Inputs:
-    """Load a chunk's inputs from the shared source named by references in the database."""
-    settings = get_settings()
+    """Load a chunk's inputs from where references in the database say: the staging store
+    (a CSV chunk) or the image files."""
     with session() as sess:
         rows = sess.execute(
             select(Item.id, Item.path)
@@ -189,10 +183,7 @@ def read_inputs(found: Claim) -> Inputs:
             select(Item.id).where(Item.chunk_id == found.chunk_id).order_by(Item.position)
         ).all()
     if found.kind == "csv":
-        staged = settings.staging_dir / found.ref
-        if not inside(staged, settings.staging_dir):
-            raise ValueError(f"chunk reference {found.ref!r} points outside the staging folder")
-        pixels = np.load(staged, allow_pickle=False)
+        pixels = staging.get(found.ref)  # refuses a reference out of the staging folder
         if len(pixels) != len(all_ids):
             raise ValueError(f"staged chunk has {len(pixels)} rows, database {len(all_ids)} items")
         pending = {item_id for item_id, _ in rows}

@@ -13,7 +13,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from sqlalchemy import delete, exists, select
 
 from digits.core.db import session
@@ -27,8 +27,20 @@ SWEEPER = "scheduler"
 _stop = threading.Event()
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+def worker_name(pid: int | None = None) -> str:
+    """``host:pid`` of a worker's prefork parent (this process unless ``pid`` is given)."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
+
+
+def worker_gone(pid: int) -> None:
+    """Remove the heartbeat of the local worker ``pid``, which has been told to stop: its
+    starter (`digits run`) does not wait for the drain, and whoever asks next for connected
+    workers must not count it. Never raises: presence is advisory."""
+    try:
+        with session(write=True) as sess:
+            sess.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.name == worker_name(pid)))
+    except Exception as exc:
+        log.warning("could not remove heartbeat: %s", exc)
 
 
 def sweeper_name() -> str:
@@ -121,6 +133,15 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     except Exception as exc:
         log.warning("heartbeat failed: %s", exc)
     threading.Thread(target=_loop, args=(concurrency,), daemon=True, name="heartbeat").start()
+
+
+@worker_shutting_down.connect
+def _on_shutting_down(**_: Any) -> None:
+    """Leave the list of connected workers as soon as the stop signal arrives, not after the
+    pool's drain: `digits run` no longer waits for its workers' shutdown, and a run started
+    right after must start its own workers rather than count on this one. (In a thread: this
+    runs inside the signal handler.)"""
+    threading.Thread(target=_on_shutdown, name="heartbeat-gone", daemon=True).start()
 
 
 @worker_shutdown.connect

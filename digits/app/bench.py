@@ -23,12 +23,14 @@ from digits.app.supervision import start_web, start_workers, stop_workers
 from digits.core.csv_input import read_blocks, read_labelled
 from digits.core.db import upgrade
 from digits.core.preprocess import rows_to_tensor
+from digits.core.processes import tree_peak_rss
 from digits.core.queries import connected_workers, results
 from digits.core.settings import get_settings
 from digits.core.synthetic_scans import render_scan
 from model_store.aliases import resolve_active
-from model_store.inference import predict
-from model_store.loading import load
+from model_store.ceiling import ceiling_report, cpu_peak, flops_per_image, inference_path
+from model_store.inference import chosen_path, predict
+from model_store.loading import load, load_for_path
 from model_store.registry import get_version
 from scheduler.batches import enqueue_csv, enqueue_files, image_files
 
@@ -57,6 +59,7 @@ def end_to_end(data: Path, workers: int, timeout: float) -> dict[str, Any]:
         enqueued = time.perf_counter() - started
         [state] = wait_for([done.batch_id], timeout)
         seconds = time.perf_counter() - started
+        peaks = worker_memory(proc.pid)
     finally:
         stop_workers(proc)
     if state.status != "done":
@@ -68,12 +71,27 @@ def end_to_end(data: Path, workers: int, timeout: float) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "enqueue_seconds": round(enqueued, 3),
         "e2e_images_per_s": round(state.predicted / seconds, 1),
+        "worker_peak_rss_mb": peaks,
+    }
+
+
+def worker_memory(pid: int) -> dict[str, Any]:
+    """Peak RSS of a started worker's processes before it stops: its prefork parent and the
+    processes that score (each holds TensorFlow and the model)."""
+    peaks = tree_peak_rss(pid)
+    scoring = [kib for p, kib in peaks.items() if p != pid]
+    return {
+        "parent": round(peaks.get(pid, 0) / 1024, 1),
+        "per_process": [round(kib / 1024, 1) for kib in sorted(scoring)],
+        "max": round(max(scoring, default=0) / 1024, 1),
     }
 
 
 def model_only(version: int, pixels: np.ndarray, batch_size: int) -> float:
-
-    model = _load(version)
+    """The ceiling for end to end: the same model on the same inference path as the workers
+    (DIGITS_INFERENCE_PATH and the version's card), batched, in this process, every core."""
+    meta = get_version(version)
+    model = load_for_path(meta, chosen_path(meta), os.cpu_count() or 1)
     tensor = rows_to_tensor(pixels)
     predict(model, tensor[:batch_size], batch_size)  # warm-up: graph tracing, allocations
     started = time.perf_counter()
@@ -141,6 +159,7 @@ def image_bench(
             done = enqueue_files(main, files)
             [state] = wait_for([done.batch_id], timeout)
             seconds = time.perf_counter() - started
+            peaks = worker_memory(proc.pid)
         finally:
             stop_workers(proc)
 
@@ -154,6 +173,7 @@ def image_bench(
         "seconds": round(seconds, 3),
         "e2e_scans_per_s": round(count / seconds, 1),
         "accuracy": round(correct / count, 4),
+        "worker_peak_rss_mb": peaks,
     }
 
 
@@ -307,6 +327,9 @@ def run_bench(
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "e2e_images_per_s": e2e["e2e_images_per_s"],
         "model_only_images_per_s": round(ceiling, 1),
+        # the model-only rate as FLOP/s against the CPU's float32 peak (model_store/ceiling.py)
+        **ceiling_report(flops_per_image(_load(model.version)), ceiling, cpu_peak()),
+        "workers_inference_path": inference_path(model.card, settings.inference_path),
         "seed_loop_images_per_s": round(seed, 1),
         "e2e_vs_model_only": round(e2e["e2e_images_per_s"] / ceiling, 3),
         "model_only_vs_seed_loop": round(ceiling / seed, 1),

@@ -29,6 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import select
 
+from digits.core import staging
 from digits.core.db import session
 from digits.core.images import Rejected, decode_image, image_to_tensor
 from digits.core.safe_files import read_regular
@@ -143,7 +144,6 @@ def load(batch_id: int) -> BatchData:
 
 def staged_rows(item_ids: list[int]) -> dict[int, NDArray[np.uint8]]:
     """CSV items: their staged 784 uint8 values (a chunk's rows follow its items' positions)."""
-    staging = get_settings().staging_dir.resolve()
     wanted = set(item_ids)
     out: dict[int, NDArray[np.uint8]] = {}
     with session() as sess:
@@ -162,11 +162,8 @@ def staged_rows(item_ids: list[int]) -> dict[int, NDArray[np.uint8]]:
             for chunk_id, ref in chunks
         }
     for ref, members in refs.items():
-        path = (staging / ref).resolve()
-        if not path.is_relative_to(staging):
-            continue  # a reference outside the staging folder is never read
-        try:
-            pixels = np.load(path, allow_pickle=False)
+        try:  # a reference outside the staging folder is never read (StagingError)
+            pixels = staging.get(ref)
         except (OSError, ValueError):
             continue
         if len(pixels) != len(members):
@@ -178,8 +175,8 @@ def staged_rows(item_ids: list[int]) -> dict[int, NDArray[np.uint8]]:
 
 
 def staged_pixels(item_ids: list[int]) -> dict[int, NDArray[np.float32]]:
-    """CSV items: their 28×28 rows from the chunk's staged ``.npy``, as 0–1 floats (a cleaned-up
-    staging folder leaves them out: the grid shows "no image")."""
+    """CSV items: their 28×28 rows from the chunk's staged ``.npy``, as 0–1 floats (a removed
+    payload leaves them out: the grid shows "no image")."""
     return {
         item_id: row.reshape(28, 28).astype(np.float32) / 255.0
         for item_id, row in staged_rows(item_ids).items()

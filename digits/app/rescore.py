@@ -3,7 +3,7 @@
 Predictions are unique per (item, model version), so a new version's verdicts are added next
 to the ones the batch was pinned to and never replace them: exports and results of the pinned
 version stay reproducible, and the two can be compared item by item before a promotion.
-Inputs are read exactly as a worker reads them (staged ``.npy`` chunks for CSV batches, the
+Inputs are read exactly as a worker reads them (staged chunks for CSV batches, the
 item files for image batches) and scored one batched forward pass per chunk, in-process.
 """
 
@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from digits.core import staging
 from digits.core.db import insert_ignore, session
 from digits.core.preprocess import rows_to_tensor
 from digits.core.schema import Batch, Chunk, Item, Prediction
 from digits.core.settings import get_settings
 from model_store.inference import model_for, predict
 from model_store.registry import ModelError
-from worker.chunks import Claim, inside, read_images
+from worker.chunks import Claim, read_images
 from worker.results import prediction_rows, shape
 
 ProgressFn = Callable[[int, int], None]  # (items scored so far, items to score)
@@ -81,17 +82,13 @@ def _csv_inputs(
 ) -> tuple[list[int], NDArray[np.float32]]:
     """A CSV chunk's staged rows for the wanted items (rows follow item position order)."""
 
-    staging = get_settings().staging_dir
-    staged = staging / ref
-    if not inside(staged, staging):
-        raise RescoreError(f"chunk reference {ref!r} points outside the staging folder")
     try:
-        pixels = np.load(staged, allow_pickle=False)
-    except OSError as exc:
-        raise RescoreError(f"staged chunk {staged} cannot be read: {exc}") from exc
+        pixels = staging.get(ref)  # refuses a reference out of the staging folder
+    except (OSError, ValueError) as exc:  # StagingError, or a file that is not an array
+        raise RescoreError(f"staged chunk {ref!r} cannot be read: {exc}") from exc
     if len(pixels) != len(chunk_items):
         raise RescoreError(
-            f"staged chunk {staged} has {len(pixels)} rows, the database {len(chunk_items)} items"
+            f"staged chunk {ref!r} has {len(pixels)} rows, the database {len(chunk_items)} items"
         )
     keep = [i for i, (item_id, _) in enumerate(chunk_items) if item_id in wanted]
     return [chunk_items[i][0] for i in keep], rows_to_tensor(pixels[keep])

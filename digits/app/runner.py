@@ -7,19 +7,56 @@ scheduler service is running (the embedded default has none).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from digits.app.supervision import plural, start_workers, stop_workers
+from digits.core.processes import started_at
 from digits.core.queries import BatchProgress, batch_progress, connected_workers
 from digits.core.settings import get_settings
 from scheduler.batches import SourceError, enqueue_planned
 from scheduler.export import ExportError, export_batch
 from scheduler.inputs import Planned
-from worker.heartbeat import sweeper_beat
+from worker.heartbeat import sweeper_beat, worker_gone
 from worker.sweeper import sweep
+
+
+@dataclass
+class Phases:
+    """Where a run's wall time went (epoch seconds; ``as_json`` gives the durations).
+
+    The phases overlap on purpose: local workers start before the inputs are read, so their
+    TensorFlow import and model load run while a CSV is being enqueued. ``workers_ready``
+    ends at the first claim of one of this run's chunks (the database's clock), so it
+    includes the model load of a cold start and nothing of a warm one."""
+
+    process: float = field(default_factory=started_at)
+    run: float = 0.0  # inputs checked, database migrated: run_paths begins
+    workers: float = 0.0  # local workers started, or found running
+    reused: bool = False
+    processes: int = 0  # worker processes started by this run (0: reused)
+    enqueue: float = 0.0
+    enqueued: float = 0.0
+    finished: float = 0.0  # every batch seen finished
+    stopped: float = 0.0  # local workers told to stop (they finish shutting down alone)
+
+    def as_json(self, first_claim: float | None, last_write: float | None) -> dict[str, Any]:
+        def span(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None or not a or not b else round(max(0.0, b - a), 3)
+
+        return {
+            "startup": span(self.process, self.run),
+            "workers": "reused" if self.reused else f"started {self.processes}",
+            "workers_ready": span(self.workers, first_claim),
+            "enqueue": span(self.enqueue, self.enqueued),
+            "scoring": span(first_claim, last_write),
+            "finish": span(last_write, self.finished),
+            "shutdown": span(self.finished, self.stopped),
+            "total": span(self.process, self.stopped or self.finished),
+        }
 
 
 @dataclass
@@ -30,6 +67,7 @@ class RunSummary:
     submissions: list[str] = field(default_factory=list)
     #: inputs refused before any batch (scheduler/inputs.py): said when the run started
     refused: list[str] = field(default_factory=list)
+    phases: Phases | None = None
 
     @property
     def items(self) -> int:
@@ -56,6 +94,14 @@ class RunSummary:
         if not firsts or not lasts:
             return None
         return max(0.0, (max(lasts) - min(firsts)).total_seconds())
+
+    def _claim_and_write(self) -> tuple[float | None, float | None]:
+        firsts = [b.first_claim for b in self.batches if b.first_claim]
+        lasts = [b.last_write for b in self.batches if b.last_write]
+        return (
+            min(firsts).timestamp() if firsts else None,
+            max(lasts).timestamp() if lasts else None,
+        )
 
     @property
     def items_per_second(self) -> float | None:
@@ -93,6 +139,7 @@ class RunSummary:
             "problems": self.problems,
             "refused": self.refused,
             "submissions": self.submissions,
+            "phases": self.phases.as_json(*self._claim_and_write()) if self.phases else None,
         }
 
     def print(self, console: Any) -> None:
@@ -130,7 +177,8 @@ def wait_for(
     from sqlalchemy.exc import DBAPIError
 
     settings = get_settings()
-    deadline = time.monotonic() + timeout
+    begun = time.monotonic()
+    deadline = begun + timeout
     next_sweep = time.monotonic() + settings.sweep_seconds
     sweeper_beat()  # this wait sweeps: local workers need not
     while True:
@@ -157,7 +205,9 @@ def wait_for(
             next_sweep = time.monotonic() + settings.sweep_seconds
         if keep_alive:
             keep_alive()
-        time.sleep(0.2)
+        # a photo scored by a running service is done in tens of milliseconds: look often at
+        # first, then every 0.2 s (a query per look)
+        time.sleep(0.05 if time.monotonic() - begun < 3.0 else 0.2)
 
 
 def enqueue_progress(bar: Any, task: Any, name: str) -> Any:
@@ -165,6 +215,37 @@ def enqueue_progress(bar: Any, task: Any, name: str) -> Any:
         bar.update(task, description=f"enqueueing {name}: {items} items")
 
     return update
+
+
+def chunks_upper_bound(planned: list[Planned]) -> int:
+    """At most how many chunks these inputs make, known before reading them: files are
+    counted (up to what would keep every worker busy), CSV rows estimated from the file's
+    size on the generous side (a gzipped Kaggle row takes ~210 bytes, a plain one ~1,600;
+    a blank row compresses further), so a big input never gets too few workers."""
+    settings = get_settings()
+    enough = settings.workers * max(settings.chunk_size, settings.image_chunk_size) + 1
+    chunks = 0
+    for batch in planned:
+        if batch.kind == "csv":
+            size = batch.paths[0].stat().st_size
+            rows = size // 50 if batch.paths[0].suffix == ".gz" else size // 800
+            chunks += -(-max(1, rows) // settings.chunk_size)
+        else:
+            files = len(batch.paths) if batch.kind == "files" else 0
+            if batch.kind == "folder":
+                files = _count_files(batch.paths[0], enough)
+            chunks += -(-max(1, files) // settings.image_chunk_size)
+    return max(1, chunks)
+
+
+def _count_files(folder: Path, limit: int) -> int:
+    """Files below ``folder``, counted up to ``limit`` (a huge inbox is not walked twice)."""
+    count = 0
+    for _, _, names in os.walk(folder):
+        count += len(names)
+        if count >= limit:
+            return limit
+    return count
 
 
 def run_paths(
@@ -186,17 +267,25 @@ def run_paths(
 
     settings = get_settings()
     started = time.monotonic()
+    phases = Phases(run=time.time())
     proc = None
     log_dir = settings.home / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    # a small input gets fewer processes: each one imports TensorFlow and loads the model,
+    # on the same cores, before the one chunk of a photo or a 200-row CSV can be scored
+    count = workers or min(settings.workers, chunks_upper_bound(planned))
 
     def ensure_workers() -> None:
         nonlocal proc
         if proc is not None and proc.poll() is not None:
-            proc = start_workers(workers or settings.workers, log_dir / "worker.log")
+            proc = start_workers(count, log_dir / "worker.log")
 
-    if not connected_workers():
-        proc = start_workers(workers or settings.workers, log_dir / "worker.log")
+    if connected_workers():
+        phases.reused = True  # `digits up` or `digits worker` runs: no start-up at all
+    else:
+        proc = start_workers(count, log_dir / "worker.log")
+        phases.processes = count
+    phases.workers = time.time()
     problems: list[str] = []
     batch_ids: list[int] = created if created is not None else []
     bar = Progress(
@@ -208,9 +297,11 @@ def run_paths(
         disable=not show_progress,
         transient=False,
     )
+    finished = False
     try:
         with bar:
             task = bar.add_task("enqueueing", total=None)
+            phases.enqueue = time.time()
             for batch in planned:
                 try:
                     done = enqueue_planned(
@@ -220,6 +311,7 @@ def run_paths(
                     problems.append(str(exc))
                     continue
                 batch_ids.append(done.batch_id)
+            phases.enqueued = time.time()
 
             def show(state: list[BatchProgress]) -> None:
                 total = sum(b.items for b in state)
@@ -227,10 +319,21 @@ def run_paths(
                 bar.update(task, total=total, completed=finished, description="scoring")
 
             state = wait_for(batch_ids, timeout, show, ensure_workers) if batch_ids else []
+            phases.finished = time.time()
+            finished = True
     finally:
         if proc is not None:
-            stop_workers(proc)
-    summary = RunSummary(state, time.monotonic() - started, problems, refused=refused or [])
+            # every chunk is committed: tell the workers to stop and let them finish their
+            # warm shutdown alone (3-7 s of the pool's and the broker's drain); they hold no
+            # work, and their heartbeat is gone at once so the next run does not count them.
+            # Interrupted or failed, wait for them as before.
+            stop_workers(proc, wait=not finished)
+            if finished:
+                worker_gone(proc.pid)
+        phases.stopped = time.time()
+    summary = RunSummary(
+        state, time.monotonic() - started, problems, refused=refused or [], phases=phases
+    )
     if out is not None:
         for b in state:
             if b.status != "done":

@@ -44,7 +44,8 @@ def start_workers(concurrency: int, log_file: Path | None = None) -> subprocess.
         ],
         stdout=out,
         stderr=subprocess.STDOUT,
-        env={**os.environ},
+        # the worker shares the cores between its own processes (threads per process)
+        env={**os.environ, "DIGITS_WORKERS": str(concurrency)},
         start_new_session=True,
     )
 
@@ -71,11 +72,15 @@ def start_web(port: int | None = None, log_file: Path | None = None) -> subproce
     )
 
 
-def stop_workers(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    """Warm shutdown (SIGTERM: finish the current chunk), then SIGKILL if it hangs."""
+def stop_workers(proc: subprocess.Popen[bytes], timeout: float = 30.0, wait: bool = True) -> None:
+    """Warm shutdown (SIGTERM: finish the current chunk), then SIGKILL if it hangs. Without
+    ``wait`` only the signal: the worker finishes shutting down alone (and exits anyway once
+    its starter is gone, ``--exit-with-parent``), for a caller whose work is all committed."""
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
+    if not wait:
+        return
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)

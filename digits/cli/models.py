@@ -512,6 +512,7 @@ def models_show(
             f"  calibration       temperature {cal.get('temperature', 1.0)} "
             f"({cal.get('method', '?')}){ece}"
         )
+    lines.append(f"  inference_path    {_inference_path_line(card)}")
     if train:
         lines.append(
             f"  training          {train.get('epochs_run', '?')}/{train.get('epochs_planned', '?')}"
@@ -575,6 +576,30 @@ def models_show(
             f"      {t:>4}" + "".join(f"{n:>6}" for n in row) for t, row in enumerate(matrix)
         )
     typer.echo("\n".join(lines))
+
+
+def _inference_path_line(card: dict[str, Any]) -> str:
+    """What workers use for this version (DIGITS_INFERENCE_PATH if the card checked it)."""
+    from digits.core.settings import get_settings
+    from model_store.ceiling import inference_path
+
+    wanted = get_settings().inference_path
+    used = inference_path(card, wanted)
+    checked = card.get("inference_paths", {})
+    line = used + ("" if used == wanted else f" ({wanted} is set but not checked for this version)")
+    for path, m in checked.items():
+        line += (
+            f"; {path} checked on {m.get('rows', '?')} held-out rows: "
+            f"{m.get('labels_changed', '?')} labels changed, ECE {m.get('ece', '?')} "
+            f"(float32 {m.get('float32_ece', '?')}), {m.get('speedup_one_thread', '?')}× "
+            "images/s per worker"
+            + (
+                f", stored as {m['file']} ({m.get('bytes', 0) / 1e6:.1f} MB)"
+                if m.get("file")
+                else ""
+            )
+        )
+    return line
 
 
 def _cross_writer_line(version: int, writers: dict[str, Any] | None) -> str:
@@ -763,6 +788,103 @@ def models_evaluate(
             f"v{version} wrong rows (0-based data rows of {source.name}): "
             + (" ".join(map(str, m["error_rows"])) or "none")
         )
+
+
+@models_app.command("speed")
+def models_speed(
+    version: Annotated[int, typer.Argument(help="Model version number.")],
+    data: Annotated[
+        Path | None, typer.Option(help="The labelled CSV it trained on (default: DIGITS_DATA).")
+    ] = None,
+    paths: Annotated[
+        str, typer.Option(help="Comma-separated paths to compare with float32.")
+    ] = "xla,bfloat16,tflite-float32,tflite-int8-dynamic,tflite-int8",
+    batch: Annotated[
+        int, typer.Option(help="Images per forward pass (default: DIGITS_CHUNK_SIZE).", min=0)
+    ] = 0,
+    threads: Annotated[
+        int, typer.Option(help="Threads (1 = one worker process's share on 2 cores; 0 = all).")
+    ] = 0,
+    repeats: Annotated[int, typer.Option(help="Timed passes; the best counts.", min=1)] = 3,
+    limit: Annotated[int, typer.Option(help="Score only the first N held-out rows.", min=0)] = 0,
+    record: Annotated[
+        bool,
+        typer.Option(
+            "--record",
+            help="Convert to tflite-int8-dynamic afresh and, if it qualifies, store it as "
+            "vN/model.int8.tflite with its sha256 and figures on the card (what workers load).",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare faster inference paths with float32 on the held-out rows: images/s, labels
+    changed, accuracy, ECE and NLL after the version's temperature, and whether each path
+    qualifies (faster, at most one label changed, calibration kept). tflite-int8-dynamic runs
+    the version's stored model.int8.tflite when it has one."""
+    source = _labelled_data(data)
+    from digits.core.csv_input import CsvFileError
+    from digits.core.settings import get_settings
+    from model_store.ceiling import PATHS, speed_comparison
+    from model_store.registry import ModelError
+
+    wanted = [p.strip() for p in paths.split(",") if p.strip()]
+    unknown = [p for p in wanted if p not in PATHS]
+    if unknown:
+        raise fail(f"unknown path(s) {', '.join(unknown)}; known: {', '.join(PATHS)}")
+    try:
+        with (
+            console().status(f"timing v{version} on {source.name}", spinner="dots")
+            if not as_json
+            else nullcontext()
+        ):
+            result = speed_comparison(
+                version,
+                source,
+                batch or get_settings().chunk_size,
+                wanted,
+                repeats,
+                limit or None,
+                threads or None,
+                record=_speed_command(version, source, wanted, threads, limit) if record else None,
+            )
+    except (ModelError, CsvFileError) as exc:
+        raise fail(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(
+        f"v{version}: {result['flops_per_image'] / 1e6:.1f} MFLOP per image; "
+        f"{result['rows']} held-out rows, batch {result['batch_size']}, threads "
+        f"{result['threads']}, best of {result['repeats']}; CPU float32 peak "
+        f"{result['cpu']['peak_gflops']} GFLOP/s ({result['cpu']['assumption']})"
+    )
+    typer.echo(
+        f"{'path':<20} {'images/s':>9} {'speedup':>8} {'GFLOP/s':>8} {'labels':>7} "
+        f"{'accuracy':>9} {'ECE':>8} {'NLL':>8}  qualifies"
+    )
+    for row in result["paths"]:
+        if "error" in row:
+            typer.echo(f"{row['path']:<20} failed: {row['error']}")
+            continue
+        typer.echo(
+            f"{row['path']:<20} {row['images_per_s']:>9,.0f} {row['speedup']:>7.2f}× "
+            f"{row['achieved_gflops']:>8.1f} {row['labels_changed']:>7} "
+            f"{row['accuracy']:>9.2%} {row['ece']:>8.5f} {row['nll']:>8.5f}  "
+            + ("yes" if row["qualifies"] else "no")
+            + (f" ({row['source']})" if "source" in row else "")
+        )
+    if record:
+        typer.echo(f"v{version}: stored model.int8.tflite, its sha256 and figures on the card")
+
+
+def _speed_command(version: int, source: Path, paths: list[str], threads: int, limit: int) -> str:
+    """The command line a recorded inference path's card entry names."""
+    return (
+        f"digits models speed {version} --data {source} --paths {','.join(paths)}"
+        + (f" --threads {threads}" if threads else "")
+        + (f" --limit {limit}" if limit else "")
+        + " --record"
+    )
 
 
 @models_app.command("history")

@@ -100,6 +100,10 @@ def worker(
             )
         watch_parent(exit_with_parent, lambda: os.kill(os.getpid(), signal.SIGTERM))
     n = concurrency or get_settings().workers
+    if get_settings().preload_runtime:
+        from worker.warmup import import_runtime
+
+        import_runtime()
     # A node name per process (Celery's default is celery@<host> for all): `digits up` and
     # `digits run` start several workers on one host, and remote control (`celery inspect`)
     # must be able to tell them apart. Same host:pid as the heartbeat `digits status` shows.

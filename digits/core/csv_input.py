@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-import pandas as pd
 from numpy.typing import NDArray
 
 PIXELS = 784
@@ -132,6 +131,8 @@ def parse_block(lines: Sequence[str | None], first_row: int, labelled: bool) -> 
     text = "" if any(line is None for line in lines) else "".join(lines)  # type: ignore[arg-type]
     # pandas' parser is lenient (" 7", "+5"): only a block of plain digits takes the fast path
     if text and all(line and line.strip() for line in lines) and _clean(text):
+        import pandas as pd  # here: a run of images never pays its import (0.15 s)
+
         try:
             frame = pd.read_csv(
                 io.StringIO(text),

@@ -59,3 +59,51 @@ def watch_parent(parent: int, on_gone: Callable[[], None], every: float = 0.5) -
         on_gone()
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def started_at() -> float:
+    """When this process started (epoch seconds), from the kernel: a command's own start-up
+    (the interpreter, imports) counts in the phases it reports, which a clock started in
+    ``main`` would miss. Linux /proc; elsewhere the time of this module's import."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # field 22 of stat(5): starttime, clock ticks after boot
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])  # seconds since boot, to 10 ms
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED
+
+
+_IMPORTED = time.time()
+
+
+def tree_peak_rss(pid: int) -> dict[int, int]:
+    """Peak resident memory (KiB, the kernel's VmHWM) of ``pid`` and every live process
+    below it, by pid: what a worker (its prefork parent and each child) has held at most so
+    far. Linux /proc; empty elsewhere or once the process is gone."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = [int(e) for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return {}
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(entry)
+    peaks: dict[int, int] = {}
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            with open(f"/proc/{current}/status") as f:
+                line = next(x for x in f if x.startswith("VmHWM:"))
+            peaks[current] = int(line.split()[1])
+        except (OSError, StopIteration, ValueError, IndexError):
+            continue
+        todo.extend(children.get(current, []))
+    return peaks

@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -86,6 +87,21 @@ class Chunk(Base):
     claimed_at: Mapped[datetime | None] = mapped_column(Stamp)
     error: Mapped[str | None] = mapped_column(Text)
     finished_at: Mapped[datetime | None] = mapped_column(Stamp)
+
+
+class ChunkPayload(Base):
+    """A CSV chunk's staged rows (the ``.npy`` bytes) when ``DIGITS_STAGING=database``: every
+    worker reads them where it reads the chunk, so workers on other machines need no shared
+    disk. Keyed by (batch, seq) because a block is staged before its chunk row is committed
+    (digits/core/staging.py). Kept as long as the batch: rescore, reports, the reviewed export
+    and item pictures read them after the batch finished; deleting the batch deletes them."""
+
+    __tablename__ = "chunk_payloads"
+    batch_id: Mapped[int] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Item(Base):

@@ -17,7 +17,7 @@ import os
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 from pydantic_settings import (
@@ -28,6 +28,10 @@ from pydantic_settings import (
 )
 
 CONFIG_NAME = "digits.toml"
+
+#: What a database URL must contain for DIGITS_NULL_MODEL to be accepted: the names of the
+#: temporary folders and throwaway PostgreSQL databases `digits bench --null-model` creates.
+NULL_BENCH_MARK = "digits_null_bench_"
 
 
 class ConfigFileError(ValueError):
@@ -97,6 +101,11 @@ class Settings(BaseSettings):
 
     chunk_size: int = Field(1000, ge=1, le=100_000, description="CSV rows per Celery task.")
     image_chunk_size: int = Field(250, ge=1, le=10_000, description="Image files per task.")
+    staging: Literal["folder", "database"] = Field(
+        "folder",
+        description="Where a CSV chunk's rows are staged for the workers: the folder "
+        "DIGITS_HOME/staging (every worker must share it), or the database (no shared disk).",
+    )
     lease_seconds: float = Field(60.0, gt=0, description="How long a claimed chunk is owned.")
     max_attempts: int = Field(3, ge=1, description="Claims of a chunk before it is quarantined.")
     sweep_seconds: float = Field(5.0, gt=0, description="How often expired leases are swept.")
@@ -106,6 +115,25 @@ class Settings(BaseSettings):
     )
     workers: int = Field(2, ge=1, description="Worker processes started by `digits run`/`up`.")
     tf_threads: int = Field(0, ge=0, description="TensorFlow threads per worker process; 0 = auto.")
+    inference_path: Literal["float32", "tflite-int8-dynamic"] = Field(
+        "tflite-int8-dynamic",
+        description="How workers run the model: TFLite with int8 weights (dynamic range, the "
+        "version's stored model.int8.tflite run by LiteRT: ~3x float32's images/s, no "
+        "TensorFlow import), used only for a version whose card records it as checked with "
+        "that file, else Keras float32; or float32 always.",
+    )
+    preload_runtime: bool = Field(
+        True,
+        description="Import the runtime (TensorFlow and Keras, or LiteRT on the int8 path) in "
+        "the worker's parent before it forks its processes (imported, never run: fork-safe), "
+        "so each process only loads the model.",
+    )
+    null_model: bool = Field(
+        False,
+        description="Benchmark only (`digits bench --null-model` sets it for its workers): "
+        "score with a constant model that costs nothing; refused unless the database URL "
+        f"names a bench database (contains {NULL_BENCH_MARK!r}).",
+    )
     confidence_threshold: float = Field(0.9, ge=0, le=1, description="Below this: needs review.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Decompression-bomb limit.")
     max_file_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest accepted image file.")
@@ -161,6 +189,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 "DIGITS_TASK_TIME_LIMIT must be below DIGITS_VISIBILITY_TIMEOUT; got "
                 f"{self.task_time_limit} and {self.visibility_timeout}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _null_model_only_in_a_bench(self) -> Settings:
+        """The null model writes the same answer for every item: a stray DIGITS_NULL_MODEL=1
+        must never reach users' results, so it runs only against a database the bench made."""
+        if self.null_model and NULL_BENCH_MARK not in self.db_url:
+            raise ValueError(
+                "DIGITS_NULL_MODEL is for `digits bench --null-model` only: the database URL "
+                f"must name a bench database (contain {NULL_BENCH_MARK!r})"
             )
         return self
 

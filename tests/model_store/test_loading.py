@@ -168,3 +168,125 @@ def test_recently_used_versions_stay_cached(home: Path) -> None:
     soon = time.monotonic() + classify.IDLE_SECONDS + 1
     assert classify.evict_idle(keep=second.version, now=soon) == [first.version]
     assert classify.loaded_versions() == [second.version]
+
+
+INT8 = "tflite-int8-dynamic"
+
+
+def copy_with_int8(damage: str | None = None) -> ModelVersion:
+    """A registered copy of the bundled model with its stored int8 artefact and card entry,
+    the artefact then tampered with (one byte flipped) or missing if ``damage`` says so."""
+    import shutil
+
+    from model_store.registry import INT8_FILE
+
+    bundled = default_version()
+    version = copy_of_default()
+    card = json.loads((version.path / CARD_FILE).read_text())
+    card["inference_paths"] = bundled.card["inference_paths"]
+    (version.path / CARD_FILE).write_text(json.dumps(card))
+    if damage != "missing":
+        shutil.copyfile(bundled.path / INT8_FILE, version.path / INT8_FILE)
+    if damage == "tampered":
+        flip_byte(version.path / INT8_FILE)
+    return get_version(version.version)
+
+
+def test_the_bundled_int8_artefact_matches_its_card() -> None:
+    """The shipped model.int8.tflite is the file the card's sha256 names (a release that
+    forgot to re-record it would make every int8 worker refuse the version)."""
+    bundled = default_version()
+    artefact = bundled.artefact(INT8)
+    assert artefact is not None
+    file, expected = artefact
+    assert sha256_file(file) == expected
+    assert bundled.card["inference_paths"][INT8]["bytes"] == file.stat().st_size
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("tampered", "model.int8.tflite sha256 mismatch"),
+        ("missing", "model.int8.tflite is missing"),
+    ],
+)
+def test_a_damaged_int8_artefact_is_refused_like_a_tampered_model(
+    damage: str, message: str, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the int8 path a worker refuses the version (ModelError: its chunks fail with the
+    reason, as for a tampered model.keras) instead of quietly scoring another way."""
+    from digits.core.settings import get_settings
+    from model_store import inference as classify
+    from model_store.loading import load_tflite
+
+    monkeypatch.setenv("DIGITS_INFERENCE_PATH", INT8)
+    get_settings.cache_clear()
+    version = copy_with_int8(damage)
+    with pytest.raises(ModelError, match=message):
+        load_tflite(version, INT8)
+    with pytest.raises(ModelError, match=message):
+        classify.model_for(version.version)
+    assert version.version not in classify.loaded_versions()
+
+
+def test_a_card_without_a_stored_artefact_runs_float32(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version whose card records no int8 artefact (a registered copy: register keeps only
+    model.keras) is served on float32 even when DIGITS_INFERENCE_PATH asks for int8."""
+    from digits.core.settings import get_settings
+    from model_store import inference as classify
+    from model_store.loading import load_tflite
+    from model_store.tflite import TFLiteModel
+
+    monkeypatch.setenv("DIGITS_INFERENCE_PATH", INT8)
+    get_settings.cache_clear()
+    version = copy_of_default()
+    assert "inference_paths" not in version.card
+    with pytest.raises(ModelError, match="no stored artefact"):
+        load_tflite(version, INT8)
+    assert classify.chosen_path(version) == "float32"
+    assert not isinstance(classify.model_for(version.version)[1], TFLiteModel)
+
+
+def test_the_stored_int8_artefact_answers_like_float32(home: Path) -> None:
+    """The hash-checked artefact loads (LiteRT) with the 28x28x1 → 10 signature and labels
+    the shipped sample as the Keras model does (at most one label apart)."""
+    import numpy as np
+
+    from digits.core.csv_input import read_labelled
+    from digits.core.preprocess import rows_to_tensor
+    from model_store.inference import predict
+    from model_store.loading import load, load_tflite
+    from tests.conftest import SAMPLE
+
+    version = copy_with_int8()
+    model = load_tflite(version, INT8, threads=1)
+    assert tuple(model.input_shape[1:]) == (28, 28, 1)
+    assert tuple(model.output_shape[1:]) == (10,)
+    tensor = rows_to_tensor(read_labelled(SAMPLE)[0])
+    int8 = predict(model, tensor).argmax(axis=1)
+    float32 = predict(load(version), tensor).argmax(axis=1)
+    assert int(np.sum(int8 != float32)) <= 1
+
+
+def test_loading_the_int8_artefact_never_imports_tensorflow(home: Path) -> None:
+    """What a worker on the int8 path runs (choose the path, load, score) in a fresh
+    interpreter: TensorFlow and Keras stay out of the process."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import numpy as np
+from model_store.loading import load_for_path
+from model_store.registry import default_version
+model = load_for_path(default_version(), "tflite-int8-dynamic", 1)
+assert model.predict_on_batch(np.zeros((3, 28, 28, 1), np.float32)).shape == (3, 10)
+print(sorted(m for m in ("tensorflow", "keras") if m in sys.modules))
+"""
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import inspect, text
 
-from digits.core.db import check, get_engine, session, upgrade
+from digits.core.db import (
+    alembic_config,
+    check,
+    current_revision,
+    get_engine,
+    head_revision,
+    session,
+    upgrade,
+)
 from digits.core.schema import Base, Batch
 
 
@@ -24,6 +32,20 @@ def test_upgrade_creates_every_table_and_check_is_clean(url: str) -> None:
     assert check(url) is None
     tables = set(inspect(get_engine(url)).get_table_names())
     assert set(Base.metadata.tables) <= tables
+
+
+def test_the_quick_head_check_agrees_with_alembic(url: str) -> None:
+    """`upgrade` skips Alembic when the database is at ``head_revision()``, read from the
+    migrations' file names: it must be Alembic's own head, and a fresh database has none."""
+    from alembic.script import ScriptDirectory
+
+    assert head_revision() == ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    assert current_revision(url) is None
+    upgrade(url, "0001")
+    assert current_revision(url) == "0001"
+    upgrade(url)  # not at head: Alembic runs the rest
+    assert current_revision(url) == head_revision()
+    assert check(url) is None
 
 
 def test_check_reports_drift(url: str) -> None:

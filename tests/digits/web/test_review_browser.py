@@ -184,6 +184,12 @@ def test_reviewing_100_items_with_the_keyboard_takes(
     folder.mkdir()
     batch = flagged_batch(sample_rows, 130, kind="images", folder=folder)
     ids = batch.item_ids
+    with session(write=True) as sess:  # the screenshot's item shows the finder's doubt
+        sess.execute(
+            update(Prediction)
+            .where(Prediction.item_id == ids[2])
+            .values(review_reason="several digit-sized marks on the page")
+        )
     page.goto(f"{web.url}/review?batch={batch.batch_id}")
     showing(page, ids[0])
     if backend == "embedded":
