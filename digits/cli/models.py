@@ -621,6 +621,9 @@ def _cross_writer_line(version: int, writers: dict[str, Any] | None) -> str:
 
 
 AliasOpt = Annotated[str, typer.Option("--alias", help="Alias to act on.")]
+TrainedOnOpt = Annotated[
+    Path | None, typer.Option(help="The labelled CSV it trained on (default: DIGITS_DATA).")
+]
 
 
 @models_app.command("promote")
@@ -704,9 +707,7 @@ def models_rollback(alias: AliasOpt = "production") -> None:
 @models_app.command("evaluate")
 def models_evaluate(
     version: Annotated[int, typer.Argument(help="Model version number.")],
-    data: Annotated[
-        Path | None, typer.Option(help="The labelled CSV it trained on (default: DIGITS_DATA).")
-    ] = None,
+    data: TrainedOnOpt = None,
     scans: Annotated[
         bool, typer.Option(help="Also render the held-out rows as scans and score those.")
     ] = True,
@@ -793,9 +794,7 @@ def models_evaluate(
 @models_app.command("speed")
 def models_speed(
     version: Annotated[int, typer.Argument(help="Model version number.")],
-    data: Annotated[
-        Path | None, typer.Option(help="The labelled CSV it trained on (default: DIGITS_DATA).")
-    ] = None,
+    data: TrainedOnOpt = None,
     paths: Annotated[
         str, typer.Option(help="Comma-separated paths to compare with float32.")
     ] = "xla,bfloat16,tflite-float32,tflite-int8-dynamic,tflite-int8",
