@@ -4,10 +4,12 @@ nothing queued. Real `digits` processes, real signals, a real Redis killed and r
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,7 +19,7 @@ import pytest
 from sqlalchemy import func, select
 
 from digits.app.runner import wait_for
-from digits.core.db import session
+from digits.core.db import session, sqlite_file
 from digits.core.queries import batch_progress
 from digits.core.schema import Batch, Chunk, Item
 from scheduler.batches import enqueue_csv
@@ -87,6 +89,21 @@ def the_batch() -> int:
         return int(sess.scalar(select(func.max(Batch.id))) or 0)
 
 
+def ingested_chunks() -> int:
+    """Chunks of the newest batch so far, read without waiting on SQLite's busy timeout
+    (60 s): a poll stuck behind the writers once saw the chunks only after the whole run had
+    ended, so the signal meant for ingestion came too late (a CI run). A busy poll fails
+    fast and the next one tries again."""
+    path = sqlite_file()
+    if path is None:
+        return chunks_of(the_batch())
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.2)) as db:
+        row = db.execute(
+            "SELECT count(*) FROM chunks WHERE batch_id = (SELECT max(id) FROM batches)"
+        ).fetchone()
+    return int(row[0])
+
+
 def chunks_of(batch_id: int) -> int:
     with session() as sess:
         return int(
@@ -113,7 +130,7 @@ def test_sigkill_mid_ingest_is_interrupted_not_done_and_resume_finishes_it(
     (skipping what was committed) and workers score every row exactly once."""
     source = big_csv(tmp_path / "in", sample_rows)
     proc = cli("enqueue", str(source))
-    wait_until(lambda: chunks_of(the_batch()) >= 10, 120, what="10 chunks ingested")
+    wait_until(lambda: ingested_chunks() >= 10, 120, what="10 chunks ingested")
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     batch_id = the_batch()
@@ -167,7 +184,8 @@ def test_sigint_of_digits_run_says_what_it_leaves_and_cancel_stops_it(
     no chunk left queued or running, every item predicted or with its reason."""
     source = big_csv(tmp_path / "in", sample_rows, 100_000)  # long enough to interrupt under load
     proc = cli("run", str(source), "--quiet")
-    wait_until(lambda: chunks_of(the_batch()) >= 10, 180, what="10 chunks ingested")
+    waited = wait_until(lambda: ingested_chunks() >= 10, 180, what="10 chunks ingested")
+    assert proc.poll() is None, f"the run ended before it was interrupted ({waited:.1f} s)"
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=90)
     batch_id = the_batch()
@@ -217,7 +235,7 @@ def test_redis_killed_while_enqueueing_loses_no_row(
     broker: PrivateRedis = request.node.private_redis
     source = big_csv(tmp_path / "in", sample_rows)
     proc = cli("enqueue", str(source))
-    wait_until(lambda: chunks_of(the_batch()) >= 10, 120, what="10 chunks ingested")
+    wait_until(lambda: ingested_chunks() >= 10, 120, what="10 chunks ingested")
     broker.kill()
     killed_at_chunks = chunks_of(the_batch())
     time.sleep(3)
