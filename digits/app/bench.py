@@ -28,7 +28,8 @@ from digits.core.queries import connected_workers, results
 from digits.core.settings import get_settings
 from digits.core.synthetic_scans import render_scan
 from model_store.aliases import resolve_active
-from model_store.ceiling import ceiling_report, cpu_peak, flops_per_image, inference_path
+from model_store.ceiling import inference_path
+from model_store.flops import ceiling_report, cpu_peak, flops_per_image
 from model_store.inference import chosen_path, predict
 from model_store.loading import load, load_for_path
 from model_store.registry import get_version

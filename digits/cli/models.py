@@ -113,6 +113,7 @@ def _fine_tune(
     jobs: int,
     quiet: bool,
     writers: bool | None = None,
+    int8: bool = True,
 ) -> None:
     """``digits train --from V``: every check first (one line each, no Keras), then the
     fine-tuning under the same progress bar as ``train``."""
@@ -177,6 +178,8 @@ def _fine_tune(
         + f", {card['scan_validation']['accuracy']:.4%} as scans, "
         f"{tuned['wall_seconds']:.0f} s, at {version.path}"
     )
+    if int8:
+        _check_int8(version.version, checked.config.base_data, quiet)
 
 
 @app.command()
@@ -299,6 +302,14 @@ def train(
             "cosine decay)."
         ),
     ] = 1e-4,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            help="After registering: convert to int8 weights (tflite-int8-dynamic), compare with "
+            "float32 on the held-out rows and store it if it qualifies (what workers run by "
+            "default); a refusal and its reason go on the card."
+        ),
+    ] = True,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a model on a labelled CSV and register it as a new immutable version; with
@@ -319,6 +330,7 @@ def train(
             jobs,
             quiet,
             writers if _given(ctx, "writers") else None,
+            int8,
         )
         return
     alone = _given(ctx, "replay", "base_data", "learning_rate")
@@ -368,6 +380,37 @@ def train(
         f"accuracy {card['validation']['accuracy']:.4%} on {card['validation']['count']} "
         f"held-out rows ({card['scan_validation']['accuracy']:.4%} as scans), "
         f"{card['training']['wall_seconds']:.0f} s, at {version.path}"
+    )
+    if int8:
+        _check_int8(version.version, source, quiet)
+
+
+def _check_int8(version: int, held_out_of: Path, quiet: bool) -> None:
+    """Give a freshly registered version its int8 path (model_store.ceiling
+    ``check_new_version``) and say which path its workers will run."""
+    from digits.core.settings import get_settings
+    from model_store.ceiling import check_new_version
+
+    with (
+        console().status(
+            f"v{version}: checking int8 weights against float32 on the held-out rows",
+            spinner="dots",
+        )
+        if not quiet
+        else nullcontext()
+    ):
+        entry = check_new_version(
+            version, held_out_of, get_settings().chunk_size, shlex.join(["digits", *sys.argv[1:]])
+        )
+    if "refused" in entry:
+        typer.echo(
+            f"v{version} runs float32: its int8 conversion does not qualify ({entry['refused']})"
+        )
+        return
+    speedup = entry.get("speedup_all_threads") or entry.get("speedup_one_thread")
+    typer.echo(
+        f"v{version} runs tflite-int8-dynamic: {entry['labels_changed']} of {entry['rows']:,} "
+        f"held-out labels changed, {speedup}× float32's images/s, stored as {entry['file']}"
     )
 
 
@@ -588,11 +631,17 @@ def _inference_path_line(card: dict[str, Any]) -> str:
     checked = card.get("inference_paths", {})
     line = used + ("" if used == wanted else f" ({wanted} is set but not checked for this version)")
     for path, m in checked.items():
+        if "refused" in m:
+            line += f"; {path} refused on {m.get('measured_at', '?')}: {m['refused']}"
+            continue
+        speedup = m.get("speedup_one_thread")
+        per = "per worker"
+        if speedup is None:
+            speedup, per = m.get("speedup_all_threads", "?"), "on every core"
         line += (
             f"; {path} checked on {m.get('rows', '?')} held-out rows: "
             f"{m.get('labels_changed', '?')} labels changed, ECE {m.get('ece', '?')} "
-            f"(float32 {m.get('float32_ece', '?')}), {m.get('speedup_one_thread', '?')}× "
-            "images/s per worker"
+            f"(float32 {m.get('float32_ece', '?')}), {speedup}× images/s {per}"
             + (
                 f", stored as {m['file']} ({m.get('bytes', 0) / 1e6:.1f} MB)"
                 if m.get("file")

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from model_store.ceiling import ceiling_report, cpu_peak, flops_per_image, inference_path
+from model_store.ceiling import inference_path
+from model_store.flops import ceiling_report, cpu_peak, flops_per_image
 from tests.conftest import KAGGLE_TRAIN, digits_cli
 
 

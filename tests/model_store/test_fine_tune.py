@@ -205,6 +205,17 @@ def test_fine_tuning_learns_the_style_without_forgetting(fine_tuned: FineTuned, 
     assert (
         f"fine-tuned from v{PARENT} on {FINE_TUNE_ROWS} rows of reviewed.csv" in fine_tuned.stdout
     )
+    # the int8 path was checked on the same held-out rows at once: stored, or refused with why
+    int8 = card["inference_paths"]["tflite-int8-dynamic"]
+    if "refused" in int8:
+        assert f"v{tuned.version} runs float32: its int8" in fine_tuned.stdout, int8
+    else:
+        assert int8["rows"] == rows and int8["labels_changed"] <= 1
+        assert int8["sha256"] == sha256_file(Path(fine_tuned.folder) / int8["file"])
+        assert f"v{tuned.version} runs tflite-int8-dynamic: {int8['labels_changed']} of " in (
+            fine_tuned.stdout
+        )
+    print(f"  int8 check: {int8}")
 
     shown = runner.invoke(app, ["models", "show", str(tuned.version)])
     assert shown.exit_code == 0, shown.output

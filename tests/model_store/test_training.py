@@ -17,7 +17,7 @@ import pytest
 
 from digits.core.clutter_scans import CLUTTER_KINDS
 from model_store.evaluation import evaluate
-from model_store.registry import default_version, list_versions
+from model_store.registry import INT8_FILE, default_version, list_versions, sha256_file
 from tests.conftest import SAMPLE
 
 #: real worker processes, signals and servers: the full suite only (CONTRIBUTING.md)
@@ -58,6 +58,15 @@ def test_train_registers_a_version_with_its_card(home: Path) -> None:
     assert card["training"]["machine"].count(", ") >= 2  # architecture, cores, CPU model
     assert card["calibration"]["temperature"] > 0
     assert 0 <= card["validation"]["review_threshold"]["coverage"] <= 1
+    # the int8 path workers run by default was checked at once: stored, or refused with why
+    int8 = card["inference_paths"]["tflite-int8-dynamic"]
+    if "refused" in int8:
+        assert f"v{new} runs float32: its int8 conversion does not qualify" in result.stdout
+        assert int8["refused"] and not (home / "models" / f"v{new}" / INT8_FILE).exists()
+    else:
+        assert f"v{new} runs tflite-int8-dynamic: {int8['labels_changed']} of 20" in result.stdout
+        assert int8["rows"] == 20 and int8["labels_changed"] <= 1
+        assert int8["sha256"] == sha256_file(home / "models" / f"v{new}" / INT8_FILE)
     listed = subprocess.run(
         [sys.executable, "-m", "digits.cli", "models", "list", "--json"],
         capture_output=True,

@@ -64,12 +64,17 @@ def big_csv(folder: Path, sample_rows: list[str], rows: int = ROWS) -> Path:
 
 
 def cli(*args: str, **kwargs: object) -> subprocess.Popen[str]:
+    """`digits ARGS` as a terminal's foreground job: Ctrl-C (SIGINT) reaches it even when
+    this test process was started in the background, where the shell set SIGINT to ignored
+    and every child inherits that (the pytest started by `.ci/run` or by `nohup … &` does; the
+    SIGINT test then saw its run ignore the signal and finish)."""
     return subprocess.Popen(
         [sys.executable, "-m", "digits.cli", *args],
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=dict(os.environ),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         **kwargs,
     )  # type: ignore[call-overload]
 

@@ -244,8 +244,10 @@ def test_redis_restarted_mid_run_every_batch_completes_exactly_once(
     assert (figures["lost"], figures["duplicates"]) == (0, 0), figures
     assert figures["predicted"] == 6000
     assert before.get("done", 0) < 24 and "Connection to broker lost" in log, log[-3000:]
-    # it reconnected by itself, or (kombu's crash) its replacement connected
-    assert log.count("Connected to redis://") >= 2
+    # The chunks left at the kill were finished through the restarted broker: by the worker
+    # reconnecting, or by its replacement after kombu's crash. Which one, and whether kombu
+    # logged the reconnection before the crash, varies from run to run (a CI run had one
+    # "Connected" line and the crash at the end of the log): reported, not asserted.
     report(
         "redis-restart[services]",
         lost=0,

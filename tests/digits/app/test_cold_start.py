@@ -100,7 +100,11 @@ def test_run_reports_phases_and_the_next_run_starts_its_own_workers(
     assert all(v is not None and v >= 0 for v in spans), phases
     assert phases["total"] >= phases["startup"] + phases["workers_ready"]
     assert phases["scoring"] == pytest.approx(report["scoring_seconds"], abs=0.002)
-    assert report["items_per_second"] == pytest.approx(200 / report["scoring_seconds"], rel=0.01)
+    # the rate is 200 / the unrounded scoring time; scoring_seconds is rounded to 1 ms, which
+    # at 37 ms of scoring is 1.4 % of it
+    seconds = report["scoring_seconds"]
+    assert 200 / (seconds + 0.0005) - 0.1 <= report["items_per_second"]
+    assert report["items_per_second"] <= 200 / max(seconds - 0.0005, 1e-4) + 0.1
     assert connected_workers() == []  # gone at the stop signal, not after the drain
 
     second = digits_cli("run", str(_photo(tmp_path / "drop")), "--json")
