@@ -30,7 +30,12 @@ from digits.core.processes import this_process
 from digits.core.safe_files import refusal, regular_sha256
 from digits.core.schema import Batch, Chunk, Item, utcnow
 from digits.core.settings import get_settings
-from digits.core.state_machine import complete_batch_if_finished, record_item_errors, stop_batch
+from digits.core.state_machine import (
+    complete_batch_if_finished,
+    record_item_errors,
+    settle_batch,
+    stop_batch,
+)
 from model_store.aliases import resolve_active
 from model_store.registry import ModelVersion, file_sha256_or_none
 from scheduler.inputs import IMAGE_SUFFIXES, Planned, image_files, storable
@@ -167,7 +172,9 @@ def finish_enqueue(batch_id: int, items: int, errors: int, chunks: int) -> None:
         batch.error_count = errors
         batch.chunk_count = chunks
         sess.flush()
-        complete_batch_if_finished(sess, batch_id)
+        completed = complete_batch_if_finished(sess, batch_id)
+    if not completed:
+        settle_batch(batch_id)  # a worker may have finished its last chunk meanwhile
 
 
 def fail_batch(batch_id: int, message: str) -> None:

@@ -36,6 +36,7 @@ from digits.core.state_machine import (
     complete_batch_if_finished,
     quarantine,
     record_item_errors,
+    settle_batch,
 )
 from model_store.inference import model_for, predict
 from worker.metrics import record_chunk
@@ -92,7 +93,8 @@ def claim(chunk_id: int) -> Claim | None:
         lease_valid = chunk.lease_expires_at is not None and aware(chunk.lease_expires_at) > now
         if chunk.state == "running" and lease_valid and owner_alive(chunk.lease_owner):
             return None
-        if chunk.attempts >= settings.max_attempts:
+        quarantined = chunk.attempts >= settings.max_attempts
+        if quarantined:
             last = chunk.error or "its worker died every time (poison input?)"
             quarantine(sess, chunk, f"failed {chunk.attempts} attempts; last: {last}")
             log.warning(
@@ -101,22 +103,24 @@ def claim(chunk_id: int) -> Claim | None:
                 chunk_id,
                 chunk.attempts,
             )
-            return None
-        batch = sess.get_one(Batch, chunk.batch_id)
-        chunk.state = "running"
-        chunk.attempts += 1
-        chunk.claimed_at = chunk.claimed_at or now  # the first claim: where scoring began
-        chunk.lease_owner = owner_name()
-        chunk.lease_expires_at = now + timedelta(seconds=settings.lease_seconds)
-        return Claim(
-            chunk.id,
-            batch.id,
-            batch.kind,
-            chunk.ref,
-            batch.source,
-            batch.model_version,
-            chunk.attempts,
-        )
+        else:
+            batch = sess.get_one(Batch, chunk.batch_id)
+            chunk.state = "running"
+            chunk.attempts += 1
+            chunk.claimed_at = chunk.claimed_at or now  # the first claim: where scoring began
+            chunk.lease_owner = owner_name()
+            chunk.lease_expires_at = now + timedelta(seconds=settings.lease_seconds)
+            return Claim(
+                chunk.id,
+                batch.id,
+                batch.kind,
+                chunk.ref,
+                batch.source,
+                batch.model_version,
+                chunk.attempts,
+            )
+    settle_batch(chunk.batch_id)  # the quarantined chunk may have been the batch's last
+    return None
 
 
 def renew_lease(chunk_id: int) -> bool:
@@ -280,7 +284,9 @@ def write_results(
         chunk.lease_owner = None
         chunk.lease_expires_at = None
         chunk.error = None
-        complete_batch_if_finished(sess, found.batch_id)
+        completed = complete_batch_if_finished(sess, found.batch_id)
+    if not completed:
+        settle_batch(found.batch_id)  # another transaction may have finished it meanwhile
     return True
 
 

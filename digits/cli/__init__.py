@@ -6,7 +6,9 @@ Nothing imports this package: it is the top layer."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import sys
 from typing import Annotated
 
 import typer
@@ -97,3 +99,20 @@ def main() -> None:
     except ModelError as exc:  # e.g. the production alias names a version not installed here
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise SystemExit(1) from None
+    finally:
+        _quick_exit()
+
+
+def _quick_exit() -> None:
+    """Make the interpreter's exit cheap: the command's work is done. Python's shutdown
+    collects garbage over every object the imports made (SQLAlchemy, Celery, NumPy…), which
+    took 0.25-0.3 s of a 1 s `digits run` of one photo; frozen objects are left to the OS.
+    Pooled database connections are closed first, properly; log handlers are flushed and
+    closed by logging's own exit hook, which still runs."""
+    import gc
+
+    db = sys.modules.get("digits.core.db")
+    if db is not None:
+        with contextlib.suppress(Exception):  # exiting anyway: a dead server is no reason to fail
+            db.dispose_engines()
+    gc.freeze()

@@ -85,6 +85,13 @@ def get_engine(url: str | None = None) -> Engine:
     return engine
 
 
+def dispose_engines() -> None:
+    """Close this process's pooled connections (a server sees a clean goodbye, not a reset)."""
+    for key, engine in list(_engines.items()):
+        if key[1] == os.getpid():
+            engine.dispose()
+
+
 @contextmanager
 def session(write: bool = False, url: str | None = None) -> Iterator[Session]:
     """A session in one transaction, committed on success. ``write`` takes SQLite's write lock
