@@ -39,12 +39,12 @@ from model_store.schedule import member_deadlines
 from model_store.train_config import TrainConfig
 from model_store.training import (
     ProgressFn,
-    _in_background,
-    _machine,
-    _steps,
     data_card,
     held_out_card,
+    in_background,
+    machine_description,
     register_model,
+    steps_per_epoch,
 )
 
 DEFAULT_REPLAY = 2000
@@ -201,13 +201,13 @@ def fine_tune(plan: Plan, progress: ProgressFn | None = None) -> ModelVersion:
     config, recipe, split = plan.config, plan.recipe, plan.split
     # Rendered while the members train, as in ``train``: the scans are 2-4 minutes of
     # single-threaded work, longer than fine-tuning itself, so they start first.
-    rendering = _in_background(scan_like_validation, split.x_val, split.y_val)
-    drawing = _in_background(cross_writer_tensors)
+    rendering = in_background(scan_like_validation, split.x_val, split.y_val)
+    drawing = in_background(cross_writer_tensors)
     parent_model = load(plan.parent)
     members = _members(parent_model) or [parent_model]
     recipe = replace(recipe, ensemble=len(members))
     workers = recipe.resolved_jobs()
-    steps = _steps(len(plan.y), recipe)
+    steps = steps_per_epoch(len(plan.y), recipe)
     schedules = [config.epochs] * len(members)
     done = 0
 
@@ -319,7 +319,7 @@ def _card(
             "members": member_cards,
             "max_minutes": config.max_minutes,
             "wall_seconds": wall,
-            "machine": _machine(),
+            "machine": machine_description(),
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
         },

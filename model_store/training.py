@@ -44,7 +44,7 @@ from model_store.train_config import TrainConfig
 ProgressFn = Callable[[int, int, str], None]  # (done steps, total steps, description)
 
 
-def _in_background(function: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+def in_background(function: Callable[..., Any], *args: Any) -> Callable[[], Any]:
     """Start ``function(*args)`` on a daemon thread; return a call that waits for its result
     (or raises its error). Daemon, unlike a ThreadPoolExecutor's thread: Ctrl-C must end
     ``digits train`` at once, not after the thread has finished minutes of work."""
@@ -70,7 +70,7 @@ def _in_background(function: Callable[..., Any], *args: Any) -> Callable[[], Any
     return result
 
 
-def _steps(rows: int, config: TrainConfig) -> int:
+def steps_per_epoch(rows: int, config: TrainConfig) -> int:
     """Batches per epoch."""
     return int(np.ceil(rows / config.batch_size))
 
@@ -142,8 +142,10 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
     limit = config.max_minutes * 60
     # Progress in steps of every model the run trains (teachers first); the total follows
     # their fitted schedules, so a bar's time remaining is what the time limit allows.
-    steps = [_steps(len(split.y_train), config)] * teachers + [
-        _steps(len(split.y_train) + (len(unlabelled) if unlabelled is not None else 0), config)
+    steps = [steps_per_epoch(len(split.y_train), config)] * teachers + [
+        steps_per_epoch(
+            len(split.y_train) + (len(unlabelled) if unlabelled is not None else 0), config
+        )
     ] * members
     schedules = [config.teacher_epochs] * teachers + [epochs] * members
     done = 0
@@ -172,7 +174,7 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
                 split.x_val,
                 split.y_val,
                 deadlines[i],
-                _steps(len(y), config),
+                steps_per_epoch(len(y), config),
                 planned,
                 teacher,
             )
@@ -182,8 +184,8 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
     # Render the held-out rows as scans while the members train: single-threaded Python
     # (160-280 s for 4,200 rows) that would otherwise run after them, on one core, while the
     # other idles. The members' schedules refit to the pace this costs them at first.
-    rendering = _in_background(scan_like_validation, split.x_val, split.y_val)
-    drawing = _in_background(cross_writer_tensors)  # the cross-writer set: seconds, likewise
+    rendering = in_background(scan_like_validation, split.x_val, split.y_val)
+    drawing = in_background(cross_writer_tensors)  # the cross-writer set: seconds, likewise
     x_train, y_train, pseudo = split.x_train, split.y_train, None
     with tempfile.TemporaryDirectory() as tmp:
         if unlabelled is not None:
@@ -204,7 +206,7 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
             if not taught:
                 raise TimeoutError(f"no teacher finished within max_minutes={config.max_minutes}")
             x_train, y_train, pseudo = _pseudo_labelled(taught, split, unlabelled, config)
-            steps[teachers:] = [_steps(len(y_train), config)] * members
+            steps[teachers:] = [steps_per_epoch(len(y_train), config)] * members
         trained = train_members(
             jobs(x_train, y_train, started + limit, epochs), workers, report, Path(tmp)
         )
@@ -256,7 +258,7 @@ def train(data: Path, config: TrainConfig, progress: ProgressFn | None = None) -
             **({"pseudo_labels": pseudo} if pseudo else {}),
             "max_minutes": config.max_minutes,
             "wall_seconds": round(wall, 1),
-            "machine": _machine(),
+            "machine": machine_description(),
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
         },
@@ -325,7 +327,7 @@ def register_model(model: Any, card: dict[str, Any]) -> ModelVersion:
         return register(path, card)
 
 
-def _machine() -> str:
+def machine_description() -> str:
     """Architecture, core count and CPU model: the same recipe's wall time differs several-fold
     between 2-core machines (AVX2-only vs AVX-512 CPUs), so a card's wall time names its CPU.
     Virtual machines often name only the brand ("AMD EPYC"), so the CPU family and model

@@ -459,9 +459,9 @@ def _slow_square(x: int, fail: bool) -> int:
 @pytest.mark.parametrize("fail", [False, True])
 def test_background_work_hands_back_its_result_or_its_error(fail: bool) -> None:
     """Training renders the held-out scans on a daemon thread (an exit never waits for it)."""
-    from model_store.training import _in_background
+    from model_store.training import in_background
 
-    result = _in_background(_slow_square, 7, fail)
+    result = in_background(_slow_square, 7, fail)
     (thread,) = [t for t in threading.enumerate() if t.name == "_slow_square"]
     assert thread.daemon
     if fail:
