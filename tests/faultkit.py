@@ -20,6 +20,7 @@ import glob
 import json
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -36,9 +37,23 @@ from digits.core.schema import Batch, Chunk, Item, Prediction
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port below the kernel's ephemeral range (32768-60999 by default).
+
+    A server the tests kill and restart on the same port must not get a port the kernel also
+    hands out as a client's source port: a client retrying 127.0.0.1:P while nothing listens
+    can end up connected to itself from P (TCP simultaneous open), and the restarted server
+    then cannot bind P (a Redis-restart test once waited 150 s for a Redis that never came
+    back)."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 32_000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def report(name: str, **figures: Any) -> None:

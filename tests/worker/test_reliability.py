@@ -166,6 +166,11 @@ def test_poison_chunks_that_hang_or_kill_their_worker_are_quarantined(
     )
 
 
+#: the outage tests' two CSVs: long enough that the outage lands with most chunks left
+ROWS_PER_FILE = 12_000
+CHUNKS = 2 * ROWS_PER_FILE // 250
+
+
 def big_csvs(folder: Path, sample_rows: list[str], copies: int, files: int = 2) -> list[Path]:
     """``files`` CSVs of ``copies`` × 200 labelled rows each."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -201,10 +206,13 @@ def test_redis_restarted_mid_run_every_batch_completes_exactly_once(
     monkeypatch.setenv("DIGITS_TASK_TIME_LIMIT", "5")  # the lease must outlive it
     monkeypatch.setenv("DIGITS_TF_THREADS", "1")
     setup_backend("services", request, monkeypatch)
+    # Everything is queued before the worker starts: on the int8 path a worker running
+    # during the enqueue had scored nearly every chunk by the time it returned, and the
+    # outage then broke nothing (84-95 of 96 chunks done at the kill)
+    sources = big_csvs(tmp_path / "in", sample_rows, ROWS_PER_FILE // 200)
+    batch_ids = [enqueue_csv(p, chunk_size=250).batch_id for p in sources]
     worker = worker_factory()
     worker.wait_ready()
-    sources = big_csvs(tmp_path / "in", sample_rows, 15)  # 2 × 3,000 rows
-    batch_ids = [enqueue_csv(p, chunk_size=250).batch_id for p in sources]  # 24 chunks
     broker: PrivateRedis = request.node.private_redis
     times: dict[str, float] = {}
     before: dict[str, int] = {}
@@ -242,8 +250,8 @@ def test_redis_restarted_mid_run_every_batch_completes_exactly_once(
     assert all(s.status == "done" for s in states), log[-3000:]
     figures = outcome(batch_ids)
     assert (figures["lost"], figures["duplicates"]) == (0, 0), figures
-    assert figures["predicted"] == 6000
-    assert before.get("done", 0) < 24 and "Connection to broker lost" in log, log[-3000:]
+    assert figures["predicted"] == 2 * ROWS_PER_FILE
+    assert before.get("done", 0) < CHUNKS and "Connection to broker lost" in log, log[-3000:]
     # The chunks left at the kill were finished through the restarted broker: by the worker
     # reconnecting, or by its replacement after kombu's crash. Which one, and whether kombu
     # logged the reconnection before the crash, varies from run to run (a CI run had one
@@ -252,8 +260,8 @@ def test_redis_restarted_mid_run_every_batch_completes_exactly_once(
         "redis-restart[services]",
         lost=0,
         duplicates=0,
-        items=6000,
-        chunks=24,
+        items=2 * ROWS_PER_FILE,
+        chunks=CHUNKS,
         chunks_done_before_kill=before.get("done", 0),
         outage_s=round(restarted - times["killed"], 1),
         recover_s=round(recovered, 1),
@@ -299,10 +307,13 @@ def test_postgres_stopped_20s_mid_run_every_batch_completes_exactly_once(
     from digits.core.db import upgrade
 
     upgrade()
+    # Everything is queued before the worker starts: on the int8 path a worker running
+    # during the enqueue had scored nearly every chunk by the time it returned, and the
+    # outage then broke nothing (84-95 of 96 chunks done at the kill)
+    sources = big_csvs(tmp_path / "in", sample_rows, ROWS_PER_FILE // 200)
+    batch_ids = [enqueue_csv(p, chunk_size=250).batch_id for p in sources]
     worker = worker_factory()
     worker.wait_ready()
-    sources = big_csvs(tmp_path / "in", sample_rows, 15)  # 2 × 3,000 rows
-    batch_ids = [enqueue_csv(p, chunk_size=250).batch_id for p in sources]  # 24 chunks
     times: dict[str, float] = {}
     before: dict[str, int] = {}
 
@@ -327,16 +338,16 @@ def test_postgres_stopped_20s_mid_run_every_batch_completes_exactly_once(
     assert all(s.status == "done" for s in states), worker.tail()
     figures = outcome(batch_ids)
     assert (figures["lost"], figures["duplicates"]) == (0, 0), figures
-    assert figures["predicted"] == 6000
+    assert figures["predicted"] == 2 * ROWS_PER_FILE
     log = worker.log.read_text()
     discard(worker)
-    assert before.get("done", 0) < 24 and "database error, retry in" in log, log[-3000:]
+    assert before.get("done", 0) < CHUNKS and "database error, retry in" in log, log[-3000:]
     report(
         "postgres-stop-20s[services]",
         lost=0,
         duplicates=0,
-        items=6000,
-        chunks=24,
+        items=2 * ROWS_PER_FILE,
+        chunks=CHUNKS,
         chunks_done_before_stop=before.get("done", 0),
         outage_s=round(times["started"] - times["stopped"], 1),
         recover_s=round(recovered, 1),
