@@ -715,13 +715,25 @@ def test_failed_files_are_never_moved_from_a_folder_flipped_to_a_link(
     counts = {"moved": 0, "refused": 0, "gone": 0}
     try:
         time.sleep(0.2)
-        for name in names:
-            try:
-                ok = rename_within(sub / name, failed / name, root / "processed")
-            except FileNotFoundError:
-                counts["gone"] += 1
-                continue
-            counts["moved" if ok else "refused"] += 1
+        # One pass over the 2,000 names, then more over those left while the race has not
+        # yet shown both sides: with both cores busy the flipper can sit in one state for a
+        # whole pass (a CI run: 2,000 refused, 0 moved), which tests nothing of the race.
+        pending, deadline = names, time.monotonic() + 30
+        while pending and time.monotonic() < deadline:
+            left = []
+            for name in pending:
+                try:
+                    ok = rename_within(sub / name, failed / name, root / "processed")
+                except FileNotFoundError:
+                    counts["gone"] += 1
+                    left.append(name)
+                    continue
+                counts["moved" if ok else "refused"] += 1
+                if not ok:
+                    left.append(name)
+            pending = left
+            if counts["moved"] and counts["refused"] + counts["gone"]:
+                break
     finally:
         flipper.kill()
         flipper.wait()
