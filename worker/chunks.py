@@ -93,8 +93,7 @@ def claim(chunk_id: int) -> Claim | None:
         lease_valid = chunk.lease_expires_at is not None and aware(chunk.lease_expires_at) > now
         if chunk.state == "running" and lease_valid and owner_alive(chunk.lease_owner):
             return None
-        quarantined = chunk.attempts >= settings.max_attempts
-        if quarantined:
+        if chunk.attempts >= settings.max_attempts:
             last = chunk.error or "its worker died every time (poison input?)"
             quarantine(sess, chunk, f"failed {chunk.attempts} attempts; last: {last}")
             log.warning(
