@@ -32,7 +32,7 @@ from model_store.data import VAL_FRACTION, Split, load_split
 from model_store.evaluation import _members, cross_writer_tensors, scan_like_validation
 from model_store.fit import MemberJob
 from model_store.loading import load
-from model_store.member_pool import train_members
+from model_store.member_pool import in_background, train_members
 from model_store.pseudo import not_held_out
 from model_store.registry import ModelVersion, get_version, sha256_file
 from model_store.schedule import member_deadlines
@@ -41,7 +41,6 @@ from model_store.training import (
     ProgressFn,
     data_card,
     held_out_card,
-    in_background,
     machine_description,
     register_model,
     steps_per_epoch,

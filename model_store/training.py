@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import platform
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,39 +34,13 @@ from model_store.evaluation import (
     scan_like_validation,
 )
 from model_store.fit import MemberJob
-from model_store.member_pool import train_members
+from model_store.member_pool import in_background, train_members
 from model_store.pseudo import confident_labels, not_held_out
 from model_store.registry import ModelVersion, register, sha256_file
 from model_store.schedule import PEAK_LEARNING_RATE, member_deadlines, teacher_share
 from model_store.train_config import TrainConfig
 
 ProgressFn = Callable[[int, int, str], None]  # (done steps, total steps, description)
-
-
-def in_background(function: Callable[..., Any], *args: Any) -> Callable[[], Any]:
-    """Start ``function(*args)`` on a daemon thread; return a call that waits for its result
-    (or raises its error). Daemon, unlike a ThreadPoolExecutor's thread: Ctrl-C must end
-    ``digits train`` at once, not after the thread has finished minutes of work."""
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = function(*args)
-        except BaseException as exc:  # handed to the waiting thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(
-        target=run, name=getattr(function, "__name__", "background"), daemon=True
-    )
-    thread.start()
-
-    def result() -> Any:
-        thread.join()
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["result"]
-
-    return result
 
 
 def steps_per_epoch(rows: int, config: TrainConfig) -> int:

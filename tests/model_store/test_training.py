@@ -276,11 +276,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigkill"])
+@pytest.mark.parametrize("how", ["ctrl-c", "sigint-parent", "sigkill"])
 def test_stopping_train_ends_its_member_processes(home: Path, how: str) -> None:
-    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) ends `digits train`
-    with one clear line and exit 130; SIGKILL of the parent alone (the worst case: no handler
-    runs, like an OOM kill) must not leave its members training on, orphaned, for an hour."""
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or a SIGINT to the
+    parent alone (`kill -INT`, which the members never see: it once left the parent waiting
+    for them forever) ends `digits train` with one clear line and exit 130; SIGKILL of the
+    parent alone (the worst case: no handler runs, like an OOM kill) must not leave its members
+    training on, orphaned, for an hour."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -311,8 +313,8 @@ def test_stopping_train_ends_its_member_processes(home: Path, how: str) -> None:
             break
     members = _children(proc.pid)
     assert proc.poll() is None and len(members) >= 2, "members should be training"
-    if how == "ctrl-c":
-        os.killpg(proc.pid, signal.SIGINT)
+    if how != "sigkill":
+        (os.killpg if how == "ctrl-c" else os.kill)(proc.pid, signal.SIGINT)
         rest = proc.stderr.read()
         assert proc.wait(timeout=30) == 130
         assert rest.splitlines()[-1] == "error: training interrupted; nothing was registered"
@@ -459,7 +461,7 @@ def _slow_square(x: int, fail: bool) -> int:
 @pytest.mark.parametrize("fail", [False, True])
 def test_background_work_hands_back_its_result_or_its_error(fail: bool) -> None:
     """Training renders the held-out scans on a daemon thread (an exit never waits for it)."""
-    from model_store.training import in_background
+    from model_store.member_pool import in_background
 
     result = in_background(_slow_square, 7, fail)
     (thread,) = [t for t in threading.enumerate() if t.name == "_slow_square"]
