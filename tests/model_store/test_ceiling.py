@@ -11,7 +11,7 @@ import pytest
 
 from model_store.ceiling import inference_path
 from model_store.flops import ceiling_report, cpu_peak, flops_per_image
-from tests.conftest import KAGGLE_TRAIN, digits_cli
+from tests.conftest import KAGGLE_TRAIN, SAMPLE, digits_cli
 
 
 def tiny_model(name: str = "tiny") -> Any:
@@ -184,3 +184,48 @@ def test_speed_record_stores_the_int8_artefact_workers_load(
     monkeypatch.setenv("DIGITS_INFERENCE_PATH", "tflite-int8-dynamic")
     get_settings.cache_clear()
     assert chosen_path(version) == "tflite-int8-dynamic"
+
+
+def tie_model(path: Path) -> Path:
+    """A model whose int8 weights cannot tell its classes apart, saved to ``path``: every
+    weight is 1.0 plus a difference of at most 1e-4, far below int8's step (1/127 of the
+    largest weight), so float32's labels follow the differences while every int8 column rounds
+    to the same 127 and every int8 row ties (label 0). Deterministic: no training, fixed
+    weights, and quantization has no randomness."""
+    import keras
+    import numpy as np
+
+    inp = keras.Input((28, 28, 1))
+    dense = keras.layers.Dense(10, use_bias=False, activation="softmax")
+    model = keras.Model(inp, dense(keras.layers.Flatten()(inp)))
+    differences = np.random.default_rng(0).uniform(-1, 1, (784, 10)).astype(np.float32)
+    dense.set_weights([1.0 + 1e-4 * differences])
+    model.save(path)
+    return path
+
+
+def test_a_new_version_whose_int8_form_moves_labels_is_refused_with_the_reason(
+    home: Path, tmp_path: Path
+) -> None:
+    """`digits train`'s last step (``check_new_version``) on a version whose int8 conversion
+    moves labels: nothing is stored, the card says why, workers run float32, and `models show`
+    prints the refusal. Before this test the refusal branch ran only when a conversion
+    happened to fail the bar."""
+    from model_store.ceiling import MAX_LABELS_CHANGED, check_new_version
+    from model_store.inference import chosen_path
+    from model_store.registry import INT8_FILE, default_version, get_version, register
+
+    version = register(tie_model(tmp_path / "tie.keras"), dict(default_version().card))
+    entry = check_new_version(version.version, SAMPLE, 100, "digits train (test)")
+    assert "file" not in entry and entry["command"] == "digits train (test)"
+    changed = int(entry["refused"].split(" labels changed")[0])
+    assert changed > MAX_LABELS_CHANGED, entry
+    meta = get_version(version.version)
+    assert not (meta.path / INT8_FILE).exists()
+    assert meta.artefact("tflite-int8-dynamic") is None
+    assert chosen_path(meta) == "float32"
+    shown = digits_cli("models", "show", str(version.version))
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert f"tflite-int8-dynamic refused on {entry['measured_at']}: {changed} labels changed" in (
+        shown.stdout
+    )
