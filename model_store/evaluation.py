@@ -88,7 +88,7 @@ def measure(version: ModelVersion, data: Path, scans: bool = True) -> dict[str, 
         "rows": len(split.y_val),
         "clean": evaluate(probs, split.y_val, version.temperature, threshold),
     }
-    members = _members(model)
+    members = ensemble_members(model)
     if members:
         result["members"] = member_overlap(
             _member_probs(members, rows_to_tensor(split.x_val)), probs, split.y_val, split.val_rows
@@ -204,7 +204,7 @@ def _member_probs(members: list[Any], x: NDArray[np.float32]) -> list[NDArray[np
     return list(heads.predict(x, batch_size=1000, verbose=0))
 
 
-def _members(model: Any) -> list[Any]:
+def ensemble_members(model: Any) -> list[Any]:
     """An ensemble's member models (``build_ensemble`` nests them whole); [] for one model."""
     import keras
 

@@ -29,7 +29,11 @@ from numpy.typing import NDArray
 from digits.core.csv_input import read_labelled
 from model_store.augmentation import augmentation
 from model_store.data import VAL_FRACTION, Split, load_split
-from model_store.evaluation import _members, cross_writer_tensors, scan_like_validation
+from model_store.evaluation import (
+    cross_writer_tensors,
+    ensemble_members,
+    scan_like_validation,
+)
 from model_store.fit import MemberJob
 from model_store.loading import load
 from model_store.member_pool import in_background, train_members
@@ -203,7 +207,7 @@ def fine_tune(plan: Plan, progress: ProgressFn | None = None) -> ModelVersion:
     rendering = in_background(scan_like_validation, split.x_val, split.y_val)
     drawing = in_background(cross_writer_tensors)
     parent_model = load(plan.parent)
-    members = _members(parent_model) or [parent_model]
+    members = ensemble_members(parent_model) or [parent_model]
     recipe = replace(recipe, ensemble=len(members))
     workers = recipe.resolved_jobs()
     steps = steps_per_epoch(len(plan.y), recipe)
