@@ -43,6 +43,22 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def stop_with_parent(parent: int) -> None:
+    """``--exit-with-parent PID``: SIGTERM this process (its own clean stop) once PID is no
+    longer its parent, so what `digits run` / `digits up` started never outlives them; refused
+    at once if PID is not the parent now (already gone, or a wrong number)."""
+    import os
+    import signal
+
+    from digits.core.processes import watch_parent
+
+    if os.getppid() != parent:
+        raise fail(
+            f"--exit-with-parent {parent}: that is not this process's parent (already gone?)"
+        )
+    watch_parent(parent, lambda: os.kill(os.getpid(), signal.SIGTERM))
+
+
 def db_problem(exc: Exception) -> str:
     """The database's own first line, without the SQL statement SQLAlchemy appends; the
     `digits db upgrade` hint only when the schema is really missing or older than the code

@@ -20,6 +20,7 @@ from digits.cli.common import (
     db_problem,
     fail,
     require_data,
+    stop_with_parent,
 )
 
 
@@ -85,20 +86,12 @@ def worker(
     ] = None,
 ) -> None:
     """Run a Celery worker (prefork) that scores chunks."""
-    import signal
-
-    from digits.core.processes import watch_parent
     from digits.core.settings import get_settings
     from worker.celery_app import QUEUE
     from worker.celery_app import app as celery_app
 
     if exit_with_parent is not None:
-        if os.getppid() != exit_with_parent:
-            raise fail(
-                f"--exit-with-parent {exit_with_parent}: that is not this process's "
-                "parent (already gone?)"
-            )
-        watch_parent(exit_with_parent, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        stop_with_parent(exit_with_parent)
     n = concurrency or get_settings().workers
     if get_settings().preload_runtime:
         from worker.warmup import import_runtime

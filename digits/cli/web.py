@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from digits.cli.common import app, fail
+from digits.cli.common import app, fail, stop_with_parent
 
 
 @app.command()
@@ -31,17 +31,7 @@ def web(
     from digits.web.server import BindRefused, serve
 
     if exit_with_parent is not None:
-        import os
-        import signal
-
-        from digits.core.processes import watch_parent
-
-        if os.getppid() != exit_with_parent:
-            raise fail(
-                f"--exit-with-parent {exit_with_parent}: that is not this process's "
-                "parent (already gone?)"
-            )
-        watch_parent(exit_with_parent, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        stop_with_parent(exit_with_parent)
     settings = get_settings()
     host = host or settings.web_host
     port = port or settings.web_port

@@ -244,3 +244,22 @@ def test_enqueue_records_a_huge_value_as_a_row_error_and_goes_on(
     ]
     assert batches[ids[0]][1:] == (3, 1) and batches[ids[1]][1:] == (2, 0)
     assert all(status != "enqueueing" for status, _, _ in batches.values()), batches
+
+
+@pytest.mark.parametrize("command", ["worker", "web"])
+def test_exit_with_parent_refuses_a_pid_that_is_not_the_parent(home: Path, command: str) -> None:
+    """`--exit-with-parent PID` names the process that started this one; any other PID (here
+    1, init) would leave a worker or console that never stops with its starter: refused in one
+    line, before a worker or server starts."""
+    result = subprocess.run(
+        [sys.executable, "-m", "digits.cli", command, "--exit-with-parent", "1"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --exit-with-parent 1: that is not this process's parent (already gone?)"
+    )
+    assert "Traceback" not in result.stderr
