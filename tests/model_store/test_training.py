@@ -19,6 +19,7 @@ from digits.core.clutter_scans import CLUTTER_KINDS
 from model_store.evaluation import evaluate
 from model_store.registry import INT8_FILE, default_version, list_versions, sha256_file
 from tests.conftest import SAMPLE
+from tests.faultkit import report
 
 #: real worker processes, signals and servers: the full suite only (CONTRIBUTING.md)
 pytestmark = pytest.mark.slow
@@ -314,9 +315,11 @@ def test_stopping_train_ends_its_member_processes(home: Path, how: str) -> None:
     members = _children(proc.pid)
     assert proc.poll() is None and len(members) >= 2, "members should be training"
     if how != "sigkill":
+        signalled = time.monotonic()
         (os.killpg if how == "ctrl-c" else os.kill)(proc.pid, signal.SIGINT)
         rest = proc.stderr.read()
         assert proc.wait(timeout=30) == 130
+        report(f"train_stopped_by_{how}", signal_to_exit_s=round(time.monotonic() - signalled, 2))
         assert rest.splitlines()[-1] == "error: training interrupted; nothing was registered"
         assert "Traceback" not in rest
     else:
