@@ -432,9 +432,10 @@ def _ingest_files(
 
     Files are checked and hashed a chunk's worth at a time, each chunk sent as soon as it is
     full: checking and hashing all 5,000 files of a folder first kept both workers idle for
-    the first 0.57 s of a 6.2 s run. A duplicate's earlier item is looked up per group; an
-    earlier chunk of this same batch is then already committed, and the first item holding
-    the content is the same one the whole-folder lookup plus ``add_duplicates`` gave."""
+    the first 0.57 s of a 6.2 s run. A duplicate's earlier item is looked up per group: a
+    content first seen in this batch is found either in its committed chunks (the first such
+    item) or in ``seen`` (mapped by ``add_duplicates`` to the same first item), so every
+    duplicate points where the whole-folder lookup pointed it."""
     todo = files[done_positions:]
     seen: set[str] = set()
     duplicates: list[dict[str, object]] = []
